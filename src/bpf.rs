@@ -1,0 +1,86 @@
+//! The library's reuseport eBPF program, assembled here and loaded with bpf(2): no libbpf,
+//! no clang at build time.
+//!
+//! The program is `r0 = SK_PASS; exit`. Loaded with the select-or-migrate attach type, its
+//! presence in a reuseport group makes the kernel migrate the queue of a closing listener
+//! to a surviving member (net/core/sock_reuseport.c, reuseport_migrate_sock()); returning
+//! SK_PASS without selecting keeps the kernel's hash spreading.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
+/// SO_ATTACH_REUSEPORT_EBPF from asm-generic/socket.h.
+pub const SO_ATTACH_REUSEPORT_EBPF: i32 = 52;
+const SK_PASS: i32 = 1;
+
+/// One eBPF instruction (struct bpf_insn).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    regs: u8, // dst_reg:4 | src_reg:4
+    off: i16,
+    imm: i32,
+}
+
+const BPF_ALU64_MOV_K: u8 = 0x07 | 0xb0; // BPF_ALU64 | BPF_MOV | BPF_K
+const BPF_JMP_EXIT: u8 = 0x05 | 0x90; // BPF_JMP | BPF_EXIT
+
+/// The prefix of union bpf_attr used by BPF_PROG_LOAD, up to expected_attach_type. The
+/// kernel accepts a shorter attr when the rest would be zero.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// Loads the select-or-migrate program. Needs CAP_BPF (or CAP_SYS_ADMIN); an
+/// unprivileged process gets EPERM, but may attach a program fd it inherited.
+pub fn load_migrate_program() -> io::Result<OwnedFd> {
+    let insns = [
+        Insn { code: BPF_ALU64_MOV_K, regs: 0, off: 0, imm: SK_PASS },
+        Insn { code: BPF_JMP_EXIT, regs: 0, off: 0, imm: 0 },
+    ];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..13].copy_from_slice(b"reuseport_mig");
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SK_REUSEPORT,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        expected_attach_type: BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
+        ..Default::default()
+    };
+    // SAFETY: attr points at live memory of the declared size for the whole call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel creates program fds with O_CLOEXEC (bpf_prog_new_fd), as the library
+    // promises for every fd it makes.
+    // SAFETY: fd was just returned by the kernel and is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

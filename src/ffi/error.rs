@@ -1,0 +1,23 @@
+//! The thread-local last-error message, like errno but with words.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CString};
+
+thread_local! {
+    static LAST: RefCell<CString> = RefCell::new(CString::default());
+}
+
+pub(crate) fn set_last(message: &str) {
+    let text = CString::new(message.replace('\0', "\\0")).expect("NULs replaced");
+    LAST.with(|l| *l.borrow_mut() = text);
+}
+
+/// The message of the last call that failed on this thread: the address, the step
+/// (socket, bind, listen, setsockopt, bpf...) and what to do about it. Never NULL; empty
+/// when no call has failed yet. Meaningful right after a call returned a negative value;
+/// successful calls leave it as it was, like errno. The string belongs to the library and
+/// stays valid until the next failing call on this thread.
+#[no_mangle]
+pub extern "C" fn reuseport_last_error() -> *const c_char {
+    LAST.try_with(|l| l.borrow().as_ptr()).unwrap_or(c"".as_ptr())
+}

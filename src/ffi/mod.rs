@@ -1,0 +1,72 @@
+//! The C ABI, and the only code that sees raw pointers and C strings. Every exported body
+//! runs under [`guard`], so no panic crosses into C and every failure sets the thread's
+//! last-error message.
+//!
+//! Names follow C conventions (`reuseport_set`, `REUSEPORT_ROLE_BOUND`): they are the C API.
+#![allow(non_camel_case_types)]
+
+pub mod error;
+pub mod log;
+pub mod options;
+pub mod probe;
+pub mod set;
+
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{Error, Step};
+use crate::log::Level;
+
+/// Runs an exported body: `Ok(n)` → `n`, `Err(e)` → `-errno` with the message recorded and
+/// logged, a panic → `-EFAULT` with a message that says it is a bug.
+pub(crate) fn guard(function: &str, body: impl FnOnce() -> crate::Result<c_int>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => fail(function, e),
+        Err(panic) => fail(function, panic_error(function, panic)),
+    }
+}
+
+/// Like [`guard`] for functions returning nothing or a pointer: `fallback` on failure.
+pub(crate) fn guard_or<T>(function: &str, fallback: T, body: impl FnOnce() -> crate::Result<T>) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            fail(function, e);
+            fallback
+        }
+        Err(panic) => {
+            fail(function, panic_error(function, panic));
+            fallback
+        }
+    }
+}
+
+fn fail(function: &str, e: Error) -> c_int {
+    let message = format!("{function}: {}", e.message);
+    crate::log::emit(Level::Error, &message);
+    error::set_last(&message);
+    -e.errno.abs().max(1)
+}
+
+fn panic_error(function: &str, panic: Box<dyn std::any::Any + Send>) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::new(libc::EFAULT, Step::Lifecycle, format!("internal error in {function} (a bug in reuseport, please report it): {what}"))
+}
+
+/// A non-NULL, NUL-terminated UTF-8 argument.
+///
+/// # Safety
+/// `p` is NULL or points at a NUL-terminated string.
+pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> crate::Result<&'a str> {
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    CStr::from_ptr(p)
+        .to_str()
+        .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+}

@@ -1,0 +1,234 @@
+//! `reuseport_set`: the listeners of one server and where they stand in the lifecycle.
+
+use std::ffi::{c_char, c_int};
+
+use super::{c_str, guard, guard_or};
+use crate::error::{Error, Step};
+use crate::lifecycle::{Listener, Role, Set};
+
+/// An opaque set of listen specs and the listen sockets this process holds for them.
+///
+/// A set is plain memory: after fork() the child has its own copy, holding the same fds.
+/// Each process calls the function of its role on its copy and frees it when done.
+pub struct reuseport_set {
+    pub(crate) set: Set,
+}
+
+/// Where a set stands in the lifecycle (reuseport_set_role()).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum reuseport_role {
+    /// Specs only, no sockets.
+    REUSEPORT_ROLE_EMPTY = 0,
+    /// The master holds unconfigured sockets (after reuseport_master_open()).
+    REUSEPORT_ROLE_MASTER_OPEN = 1,
+    /// The master closed its sockets (after reuseport_master_release()); specs and the
+    /// ports the kernel chose are kept for the next open and for workers forked from now on.
+    REUSEPORT_ROLE_RELEASED = 2,
+    /// The first worker took over the master's sockets (after reuseport_worker_adopt()).
+    REUSEPORT_ROLE_ADOPTED = 3,
+    /// A worker holds its own sockets (after reuseport_worker_bind()).
+    REUSEPORT_ROLE_BOUND = 4,
+    /// One process opened and configured (after reuseport_single_open()).
+    REUSEPORT_ROLE_SINGLE = 5,
+}
+
+impl From<Role> for reuseport_role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Empty => reuseport_role::REUSEPORT_ROLE_EMPTY,
+            Role::MasterOpen => reuseport_role::REUSEPORT_ROLE_MASTER_OPEN,
+            Role::Released => reuseport_role::REUSEPORT_ROLE_RELEASED,
+            Role::Adopted => reuseport_role::REUSEPORT_ROLE_ADOPTED,
+            Role::Bound => reuseport_role::REUSEPORT_ROLE_BOUND,
+            Role::Single => reuseport_role::REUSEPORT_ROLE_SINGLE,
+        }
+    }
+}
+
+pub(crate) fn set_ref<'a>(p: *const reuseport_set) -> crate::Result<&'a Set> {
+    // SAFETY: non-NULL pointers come from reuseport_set_new() and are not yet freed (the
+    // caller's contract, as with free()).
+    unsafe { p.as_ref() }.map(|s| &s.set).ok_or_else(|| Error::invalid("the set is NULL"))
+}
+
+pub(crate) fn set_mut<'a>(p: *mut reuseport_set) -> crate::Result<&'a mut Set> {
+    // SAFETY: as in set_ref.
+    unsafe { p.as_mut() }.map(|s| &mut s.set).ok_or_else(|| Error::invalid("the set is NULL"))
+}
+
+fn listener_at(set: &Set, index: usize) -> crate::Result<&Listener> {
+    set.listeners().get(index).ok_or_else(|| {
+        Error::new(libc::ENOENT, Step::Lifecycle, format!("index {index} is out of range (the set has {})", set.listeners().len()))
+    })
+}
+
+/// Creates an empty set. Returns NULL only when out of memory.
+///
+/// Who: the master (or a single process), before anything else. Free it with
+/// reuseport_set_free().
+#[no_mangle]
+pub extern "C" fn reuseport_set_new() -> *mut reuseport_set {
+    guard_or("reuseport_set_new", std::ptr::null_mut(), || Ok(Box::into_raw(Box::new(reuseport_set { set: Set::new() }))))
+}
+
+/// Frees a set and closes every listen socket it holds **in this process** (copies in
+/// other processes are theirs). NULL is a no-op. Do not use the set afterwards.
+#[no_mangle]
+pub extern "C" fn reuseport_set_free(set: *mut reuseport_set) {
+    guard_or("reuseport_set_free", (), || {
+        if !set.is_null() {
+            // SAFETY: a pointer from reuseport_set_new(), freed once (the caller's contract).
+            drop(unsafe { Box::from_raw(set) });
+        }
+        Ok(())
+    })
+}
+
+/// Adds a listen spec in nginx's `listen` syntax: an address (`127.0.0.1:8080`, `*:80`,
+/// `8080`, `[::1]:8443`, `localhost:8080`; no port means 80, port 0 lets the kernel choose)
+/// and options: `backlog=N` (-1: the system maximum), `rcvbuf=SIZE`, `sndbuf=SIZE` (k, m
+/// suffixes), `deferred`, `fastopen=N`, `so_keepalive=on|off|[idle]:[intvl]:[cnt]`,
+/// `ipv6only=on|off` (IPv6 only; default on). `reuseport` and a trailing `;` are accepted.
+///
+/// Returns the number of listeners added (a host name adds one per address it resolves
+/// to), or -EINVAL with a message quoting the bad token. -EALREADY when the set holds
+/// sockets: add specs before reuseport_master_open(), or after release (a reload).
+///
+/// Who: the master (or a single process), before opening. Host names are resolved here,
+/// once; workers reuse the addresses.
+#[no_mangle]
+pub extern "C" fn reuseport_set_add(set: *mut reuseport_set, spec: *const c_char) -> c_int {
+    guard("reuseport_set_add", || {
+        let set = set_mut(set)?;
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let spec = unsafe { c_str(spec, "the listen spec") }?;
+        set.add_spec(spec).map(|n| n as c_int)
+    })
+}
+
+/// Master, before forking: for every spec, socket (SOCK_CLOEXEC, non-blocking) +
+/// SO_REUSEADDR + SO_REUSEPORT (+ IPV6_V6ONLY) + bind + listen(backlog). No other option is
+/// set: the first worker configures these sockets when it adopts them.
+///
+/// A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
+/// every later socket of the group binds it. Also the call to open again after
+/// reuseport_master_release() (reload, or an old master reverting an upgrade).
+///
+/// All or nothing: on failure every socket this call opened is closed. Errors: -EADDRINUSE
+/// (the message says whether a socket without SO_REUSEPORT or another user's group holds
+/// the port), -EACCES (privileged port), -EALREADY (the set already holds sockets).
+/// The fds belong to the set.
+#[no_mangle]
+pub extern "C" fn reuseport_master_open(set: *mut reuseport_set) -> c_int {
+    guard("reuseport_master_open", || set_mut(set)?.master_open().map(|_| 0))
+}
+
+/// Master, right after forking the first worker: closes every listen socket of the set in
+/// this process, keeping the specs and resolved ports. The group stays alive through the
+/// first worker's copies. -EALREADY when called twice, -EINVAL before any open.
+///
+/// Workers forked after this call bind their own sockets with reuseport_worker_bind().
+#[no_mangle]
+pub extern "C" fn reuseport_master_release(set: *mut reuseport_set) -> c_int {
+    guard("reuseport_master_release", || set_mut(set)?.release().map(|_| 0))
+}
+
+/// First worker, after fork, before dropping privileges: takes over the sockets inherited
+/// from the master (the same open file descriptions; no new socket) and configures them
+/// (buffers, deferred accept, fast open, keepalive).
+///
+/// Fails with -EINVAL when the set holds no inherited sockets (the master did not open, or
+/// already released) or when called in the master itself, and -EBADF when an inherited fd
+/// was closed or replaced between fork and this call. The fds belong to the set.
+#[no_mangle]
+pub extern "C" fn reuseport_worker_adopt(set: *mut reuseport_set) -> c_int {
+    guard("reuseport_worker_adopt", || set_mut(set)?.adopt().map(|_| 0))
+}
+
+/// Every worker but the first, after fork and **before dropping privileges**: opens and
+/// configures its own SO_REUSEPORT socket for every spec, joining the group the master
+/// opened. A reuseport group only admits sockets of the same effective uid, and ports
+/// below 1024 need CAP_NET_BIND_SERVICE: after setuid() this fails with -EADDRINUSE or
+/// -EACCES and a message that says so.
+///
+/// Call it in a set released by the master (-EALREADY when the set holds sockets: a worker
+/// forked before the release inherited them; free the set or have the master release
+/// first). All or nothing. The fds belong to the set.
+#[no_mangle]
+pub extern "C" fn reuseport_worker_bind(set: *mut reuseport_set) -> c_int {
+    guard("reuseport_worker_bind", || set_mut(set)?.worker_bind().map(|_| 0))
+}
+
+/// A process without a master: open and configure every spec in one call. All or nothing.
+/// The fds belong to the set.
+#[no_mangle]
+pub extern "C" fn reuseport_single_open(set: *mut reuseport_set) -> c_int {
+    guard("reuseport_single_open", || set_mut(set)?.open_single().map(|_| 0))
+}
+
+/// Number of listeners in the set (held or not), or -EINVAL for NULL.
+#[no_mangle]
+pub extern "C" fn reuseport_set_count(set: *const reuseport_set) -> c_int {
+    guard("reuseport_set_count", || Ok(set_ref(set)?.listeners().len() as c_int))
+}
+
+/// The listen fd of listener `index` in this process, borrowed: the set still owns it and
+/// closes it on release or free; never close it yourself. -ENOENT when `index` is out of
+/// range, -EBADF when this process holds no socket for it (not opened yet, or released).
+#[no_mangle]
+pub extern "C" fn reuseport_set_fd(set: *const reuseport_set, index: usize) -> c_int {
+    guard("reuseport_set_fd", || {
+        let set = set_ref(set)?;
+        let l = listener_at(set, index)?;
+        set.fd(index).ok_or_else(|| {
+            Error::new(libc::EBADF, Step::Lifecycle, format!("{}: this process holds no socket for it ({})", l.addr, set.role().as_str()))
+        })
+    })
+}
+
+/// Writes the canonical spec text of listener `index` (numeric address, the port actually
+/// bound, the options that differ from the defaults: `127.0.0.1:40123 backlog=1024
+/// deferred`) into `buf` of `len` bytes, always NUL-terminated when `len` > 0, like
+/// snprintf(). Returns the full length of the text (excluding the NUL): a result >= `len`
+/// means it was cut. `buf` may be NULL when `len` is 0. -ENOENT for a bad index.
+#[no_mangle]
+pub extern "C" fn reuseport_set_spec(set: *const reuseport_set, index: usize, buf: *mut c_char, len: usize) -> c_int {
+    guard("reuseport_set_spec", || {
+        let set = set_ref(set)?;
+        let l = listener_at(set, index)?;
+        if buf.is_null() && len > 0 {
+            return Err(Error::invalid("buf is NULL but len is not 0"));
+        }
+        let text = l.spec_text();
+        if len > 0 {
+            let n = text.len().min(len - 1);
+            // SAFETY: buf holds len bytes (the caller's contract); n + 1 <= len.
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, buf, n);
+                *buf.add(n) = 0;
+            }
+        }
+        Ok(text.len() as c_int)
+    })
+}
+
+/// The set's role, a reuseport_role value, or -EINVAL for NULL.
+#[no_mangle]
+pub extern "C" fn reuseport_set_role(set: *const reuseport_set) -> c_int {
+    guard("reuseport_set_role", || Ok(reuseport_role::from(set_ref(set)?.role()) as c_int))
+}
+
+/// A static name for a reuseport_role value ("master-open", "adopted"...), "invalid" for
+/// anything else. For logs.
+#[no_mangle]
+pub extern "C" fn reuseport_role_name(role: c_int) -> *const c_char {
+    let found = Role::ALL.into_iter().find(|r| reuseport_role::from(*r) as c_int == role);
+    found.map_or(c"invalid", Role::name).as_ptr()
+}
+
+/// The library's version, "MAJOR.MINOR.PATCH". Static.
+#[no_mangle]
+pub extern "C" fn reuseport_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}

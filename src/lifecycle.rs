@@ -1,0 +1,302 @@
+//! Roles and transitions of a set of listeners through a prefork server's life.
+//!
+//! ```text
+//!            open                     release
+//!   Empty ───────────▶ MasterOpen ───────────────▶ Released ──open (reload, revert)──▶ MasterOpen
+//!     │                   │ (child after fork)         │ (child after fork)
+//!     │ open_single       └─ adopt ─▶ Adopted          └─ bind ─▶ Bound
+//!     ▼
+//!   Single
+//! ```
+//!
+//! Every transition is all-or-nothing: when one listener fails, the sockets this call
+//! created are closed and the set is left as it was.
+
+use std::ffi::CStr;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{Error, Result, Step};
+use crate::log::{self, Level};
+use crate::resolve;
+use crate::socket;
+use crate::spec::{self, ListenSpec, Options};
+
+/// Where a set stands in the lifecycle; also tells which process is holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Specs only, no sockets yet.
+    Empty,
+    /// The master holds unconfigured sockets.
+    MasterOpen,
+    /// The master closed its sockets after forking the first worker; specs and ports kept.
+    Released,
+    /// The first worker took over the master's sockets and configured them.
+    Adopted,
+    /// A worker bound and configured its own sockets.
+    Bound,
+    /// One process opened and configured (no master).
+    Single,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [Role::Empty, Role::MasterOpen, Role::Released, Role::Adopted, Role::Bound, Role::Single];
+
+    /// A static, NUL-terminated name for logs ("master-open", "adopted"...).
+    pub fn name(self) -> &'static CStr {
+        match self {
+            Role::Empty => c"empty",
+            Role::MasterOpen => c"master-open",
+            Role::Released => c"released",
+            Role::Adopted => c"adopted",
+            Role::Bound => c"bound",
+            Role::Single => c"single",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.name().to_str().expect("ASCII names")
+    }
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    /// The address to bind. After the first open its port is the one the kernel chose for
+    /// port 0, so every later socket joins the same group.
+    pub addr: SocketAddr,
+    pub options: Options,
+    pub fd: Option<OwnedFd>,
+}
+
+impl Listener {
+    pub fn spec_text(&self) -> String {
+        spec::canonical(&self.addr, &self.options)
+    }
+}
+
+#[derive(Debug)]
+pub struct Set {
+    listeners: Vec<Listener>,
+    role: Role,
+    /// The process that opened the sockets now held; adopting them there would mean the
+    /// caller forgot to fork.
+    opener_pid: Option<u32>,
+}
+
+impl Default for Set {
+    fn default() -> Self {
+        Set::new()
+    }
+}
+
+impl Set {
+    pub fn new() -> Self {
+        Set { listeners: Vec::new(), role: Role::Empty, opener_pid: None }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// Adds a listen spec in nginx syntax. Returns how many listeners it added (a host name
+    /// may resolve to several addresses).
+    pub fn add_spec(&mut self, text: &str) -> Result<usize> {
+        let spec = spec::parse(text)?;
+        self.add_parsed(&spec, text)
+    }
+
+    fn add_parsed(&mut self, spec: &ListenSpec, text: &str) -> Result<usize> {
+        let addrs = resolve::addresses(spec)?;
+        for a in &addrs {
+            spec.options.validate(a.is_ipv6()).map_err(|e| Error::invalid(format!("invalid listen spec \"{text}\": {a}: {}", e.message)))?;
+        }
+        // Check every address before adding any, so a failed call adds nothing.
+        for a in &addrs {
+            self.check_addable(a)?;
+        }
+        for a in &addrs {
+            self.listeners.push(Listener { addr: *a, options: spec.options, fd: None });
+        }
+        Ok(addrs.len())
+    }
+
+    /// Adds a listener from an address and options built by the caller (the C struct form).
+    pub fn add_addr(&mut self, addr: SocketAddr, options: Options) -> Result<()> {
+        options.validate(addr.is_ipv6()).map_err(|e| Error::invalid(format!("{addr}: {}", e.message)))?;
+        self.check_addable(&addr)?;
+        self.listeners.push(Listener { addr, options, fd: None });
+        Ok(())
+    }
+
+    fn check_addable(&self, addr: &SocketAddr) -> Result<()> {
+        if self.role != Role::Empty && self.role != Role::Released {
+            return Err(Error::lifecycle(
+                libc::EALREADY,
+                format!("{addr}: add: the set already holds sockets ({}); add specs before opening, or after release", self.role.as_str()),
+            ));
+        }
+        if addr.port() != 0 && self.listeners.iter().any(|l| l.addr == *addr) {
+            return Err(Error::invalid(format!("{addr}: add: this address is already in the set")));
+        }
+        Ok(())
+    }
+
+    /// Master: socket + SO_REUSEPORT + bind + listen for every spec, nothing else.
+    /// Also the reload path (open again after release) and the way an old master reverting
+    /// an upgrade gets sockets back.
+    pub fn master_open(&mut self) -> Result<()> {
+        match self.role {
+            Role::Empty | Role::Released => {}
+            r => return Err(already_open("master_open", r)),
+        }
+        self.require_listeners("master_open")?;
+        self.open_all(false)?;
+        self.role = Role::MasterOpen;
+        self.opener_pid = Some(std::process::id());
+        Ok(())
+    }
+
+    /// Master, right after forking the first worker: close every listen socket this process
+    /// holds, keep the specs and resolved ports for the next open.
+    pub fn release(&mut self) -> Result<()> {
+        if self.role == Role::Released {
+            return Err(Error::lifecycle(libc::EALREADY, "release: the set is already released (release called twice)"));
+        }
+        if self.role == Role::Empty {
+            return Err(Error::lifecycle(libc::EINVAL, "release: the set holds no sockets (call reuseport_master_open first)"));
+        }
+        let n = self.close_all();
+        log::emit(Level::Info, &format!("released {n} listen socket(s) ({} → released)", self.role.as_str()));
+        self.role = Role::Released;
+        self.opener_pid = None;
+        Ok(())
+    }
+
+    /// First worker, after fork: take over the master's sockets (same open file
+    /// descriptions, no new sockets) and configure them.
+    pub fn adopt(&mut self) -> Result<()> {
+        match self.role {
+            Role::MasterOpen => {}
+            Role::Empty | Role::Released => {
+                return Err(Error::lifecycle(
+                    libc::EINVAL,
+                    format!("adopt: the set holds no inherited sockets ({}): the master must call reuseport_master_open before forking the first worker; other workers call reuseport_worker_bind", self.role.as_str()),
+                ))
+            }
+            r => return Err(already_open("adopt", r)),
+        }
+        if self.opener_pid == Some(std::process::id()) {
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                "adopt: called in the master that opened the sockets; call it in the first worker, after fork (the master calls reuseport_master_release)",
+            ));
+        }
+        for l in &self.listeners {
+            let fd = l.fd.as_ref().expect("MasterOpen holds every fd");
+            socket::verify_listener(fd.as_raw_fd(), &l.addr)?;
+        }
+        // Configure may fail half-way (e.g. an option the kernel refuses); the sockets stay
+        // this process's either way, so the role changes only on success and the caller
+        // can free the set to close them.
+        for l in &self.listeners {
+            let fd = l.fd.as_ref().expect("MasterOpen holds every fd");
+            socket::configure(fd.as_fd(), &l.addr, &l.options)?;
+            log::emit(Level::Debug, &format!("adopted {} (fd {})", l.spec_text(), fd.as_raw_fd()));
+        }
+        self.role = Role::Adopted;
+        self.opener_pid = None;
+        Ok(())
+    }
+
+    /// Every other worker: its own SO_REUSEPORT socket for every spec, configured. Must run
+    /// before the worker drops privileges.
+    pub fn worker_bind(&mut self) -> Result<()> {
+        match self.role {
+            Role::Empty | Role::Released => {}
+            r => {
+                return Err(Error::lifecycle(
+                    libc::EALREADY,
+                    format!("worker_bind: the set already holds sockets ({}); a worker binds in a set released by the master (fork after reuseport_master_release), or frees an inherited set first", r.as_str()),
+                ))
+            }
+        }
+        self.require_listeners("worker_bind")?;
+        if let Some(l) = self.listeners.iter().find(|l| l.addr.port() == 0) {
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                format!("{}: worker_bind: port 0 is not resolved yet; the master's reuseport_master_open chooses the port that workers then join", l.addr),
+            ));
+        }
+        self.open_all(true)?;
+        self.role = Role::Bound;
+        Ok(())
+    }
+
+    /// No master: open and configure in one call.
+    pub fn open_single(&mut self) -> Result<()> {
+        match self.role {
+            Role::Empty | Role::Released => {}
+            r => return Err(already_open("open_single", r)),
+        }
+        self.require_listeners("open_single")?;
+        self.open_all(true)?;
+        self.role = Role::Single;
+        self.opener_pid = None;
+        Ok(())
+    }
+
+    /// Closes every socket this process holds (used by free and by release).
+    fn close_all(&mut self) -> usize {
+        let mut n = 0;
+        for l in &mut self.listeners {
+            if l.fd.take().is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn require_listeners(&self, what: &str) -> Result<()> {
+        if self.listeners.is_empty() {
+            return Err(Error::lifecycle(libc::EINVAL, format!("{what}: the set has no listen specs (add some with reuseport_set_add)")));
+        }
+        Ok(())
+    }
+
+    /// Opens (and optionally configures) a socket for every listener; on failure closes
+    /// those it opened and changes nothing.
+    fn open_all(&mut self, configure: bool) -> Result<()> {
+        let mut opened: Vec<(OwnedFd, SocketAddr)> = Vec::with_capacity(self.listeners.len());
+        for l in &self.listeners {
+            let fd = socket::open(&l.addr, &l.options)?;
+            if configure {
+                socket::configure(fd.as_fd(), &l.addr, &l.options)?;
+            }
+            let bound = socket::local_addr(fd.as_fd()).map_err(|e| Error::sys(&e, Step::Bind, &l.addr.to_string(), "getsockname"))?;
+            opened.push((fd, bound));
+        }
+        // `opened` drops (and closes) everything on the early returns above.
+        for (l, (fd, bound)) in self.listeners.iter_mut().zip(opened) {
+            if l.addr.port() == 0 {
+                log::emit(Level::Info, &format!("{}: the kernel chose port {}; every later socket of this group binds it", l.addr, bound.port()));
+            }
+            l.addr = bound;
+            log::emit(Level::Debug, &format!("opened {} (fd {}{})", l.spec_text(), fd.as_raw_fd(), if configure { ", configured" } else { ", unconfigured" }));
+            l.fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// The fd of listener `i`, if this process holds it.
+    pub fn fd(&self, i: usize) -> Option<RawFd> {
+        self.listeners.get(i)?.fd.as_ref().map(|f| f.as_raw_fd())
+    }
+}
+
+fn already_open(what: &str, r: Role) -> Error {
+    Error::lifecycle(libc::EALREADY, format!("{what}: the set already holds sockets ({}); release or free it first", r.as_str()))
+}

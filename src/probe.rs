@@ -1,0 +1,69 @@
+//! What this kernel and this process can do, and why not. Read-only: it opens a socket and
+//! may load (and at once close) the migration program, nothing else.
+
+use std::fs;
+
+use crate::bpf;
+use crate::error::strerror;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// A TCP socket accepted SO_REUSEPORT.
+    pub so_reuseport: bool,
+    /// net.ipv4.tcp_migrate_req in this network namespace; None when unreadable (kernels
+    /// before 5.14 do not have it).
+    pub tcp_migrate_req: Option<i32>,
+    /// Ok when a select-or-migrate reuseport program could be loaded by this process; else
+    /// the errno of the attempt.
+    pub bpf_reuseport: Result<(), i32>,
+    pub kernel_release: String,
+    /// One line per capability that is missing, with what to do about it.
+    pub notes: Vec<String>,
+}
+
+pub fn probe() -> Probe {
+    let so_reuseport = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .and_then(|s| s.set_reuse_port(true))
+        .is_ok();
+    let tcp_migrate_req = fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let bpf_reuseport = bpf::load_migrate_program().map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+    let kernel_release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    let mut notes = Vec::new();
+    if !so_reuseport {
+        notes.push("SO_REUSEPORT is not available: Linux 3.9 or later is needed".to_string());
+    }
+    match tcp_migrate_req {
+        None => notes.push("net.ipv4.tcp_migrate_req is missing: this kernel cannot migrate queued connections (Linux 5.14 or later)".to_string()),
+        Some(0) => notes.push("net.ipv4.tcp_migrate_req is 0 in this network namespace: a closing listener resets its queue unless a reuseport eBPF program is attached".to_string()),
+        Some(_) => {}
+    }
+    if let Err(errno) = bpf_reuseport {
+        let hint = match errno {
+            libc::EPERM | libc::EACCES => "run the master with CAP_BPF (root), which may hand the program fd to unprivileged workers",
+            libc::EINVAL => "this kernel lacks the select-or-migrate attach type (Linux 5.14 or later)",
+            libc::ENOSYS => "this kernel has no bpf(2)",
+            _ => "",
+        };
+        notes.push(format!("cannot load a reuseport eBPF program: {}{}{}", strerror(errno), if hint.is_empty() { "" } else { ": " }, hint));
+    }
+    Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, kernel_release, notes }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_reads_this_kernel() {
+        let p = super::probe();
+        assert!(p.so_reuseport);
+        assert!(!p.kernel_release.is_empty());
+        assert_eq!(p.kernel_release, std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim());
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(p.bpf_reuseport, Ok(()), "root can load the program on Linux 5.14+: {:?}", p.notes);
+        }
+    }
+}
