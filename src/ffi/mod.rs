@@ -70,3 +70,27 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> crate::Result<&'
         .to_str()
         .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_efault_with_a_message() {
+        let rc = guard("reuseport_test", || -> crate::Result<c_int> { panic!("boom") });
+        assert_eq!(rc, -libc::EFAULT);
+        // SAFETY: reuseport_last_error never returns NULL.
+        let msg = unsafe { CStr::from_ptr(error::reuseport_last_error()) }.to_str().unwrap();
+        assert!(msg.contains("internal error in reuseport_test") && msg.contains("boom"), "{msg}");
+        assert_eq!(guard_or("reuseport_test", 7, || -> crate::Result<i32> { panic!("again") }), 7);
+    }
+
+    #[test]
+    fn an_error_becomes_negative_errno_and_last_error() {
+        let rc = guard("reuseport_test", || Err(Error::invalid("bad thing")));
+        assert_eq!(rc, -libc::EINVAL);
+        // SAFETY: as above.
+        let msg = unsafe { CStr::from_ptr(error::reuseport_last_error()) }.to_str().unwrap();
+        assert_eq!(msg, "reuseport_test: bad thing");
+    }
+}
