@@ -13,7 +13,8 @@ fn main() {
         // Only the C ABI: the core modules' public items are Rust API, not C API.
         .with_src(dir.join("src/ffi/mod.rs"))
         .with_config(config)
-        .generate() {
+        .generate()
+    {
         Ok(bindings) => {
             // write_to_file leaves the file alone when unchanged, so builds stay incremental.
             bindings.write_to_file(&header);

@@ -174,11 +174,14 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The message of the last call that failed on this thread: the address, the step
- * (socket, bind, listen, setsockopt, bpf...) and what to do about it. Never NULL; empty
- * when no call has failed yet. Meaningful right after a call returned a negative value;
+ * The message of the last call that failed on this thread: the function, the address,
+ * the step (socket, bind, listen, setsockopt, bpf...) and what to do about it, e.g.
+ * "reuseport_worker_bind: 127.0.0.1:80: bind: Permission denied (EACCES): ...". Never
+ * NULL; empty when no call has failed yet. The same text also goes to the log callback at
+ * REUSEPORT_LOG_ERROR, so a host that logs through the callback need not log it again. Meaningful right after a call returned a negative value;
  * successful calls leave it as it was, like errno. The string belongs to the library and
- * stays valid until the next failing call on this thread.
+ * stays valid until the next failing call on this thread: copy it before making another
+ * call in the same expression.
  */
 const char *reuseport_last_error(void);
 
@@ -234,8 +237,9 @@ void reuseport_set_free(struct reuseport_set *set);
  * Adds a listen spec in nginx's `listen` syntax: an address (`127.0.0.1:8080`, `*:80`,
  * `8080`, `[::1]:8443`, `localhost:8080`; no port means 80, port 0 lets the kernel choose)
  * and options: `backlog=N` (-1: the system maximum), `rcvbuf=SIZE`, `sndbuf=SIZE` (k, m
- * suffixes), `deferred`, `fastopen=N`, `so_keepalive=on|off|[idle]:[intvl]:[cnt]`,
- * `ipv6only=on|off` (IPv6 only; default on). `reuseport` and a trailing `;` are accepted.
+ * suffixes), `deferred` (TCP_DEFER_ACCEPT of 1 s, as nginx), `fastopen=N`,
+ * `so_keepalive=on|off|[idle]:[intvl]:[cnt]`, `ipv6only=on|off` (IPv6 only; default on).
+ * `reuseport` and a trailing `;` are accepted.
  *
  * Returns the number of listeners added (a host name adds one per address it resolves
  * to), or -EINVAL with a message quoting the bad token. -EALREADY when the set holds
@@ -250,6 +254,9 @@ int reuseport_set_add(struct reuseport_set *set, const char *spec);
  * Master, before forking: for every spec, socket (SOCK_CLOEXEC, non-blocking) +
  * SO_REUSEADDR + SO_REUSEPORT (+ IPV6_V6ONLY) + bind + listen(backlog). No other option is
  * set: the first worker configures these sockets when it adopts them.
+ *
+ * Connections that arrive before the first worker adopts the sockets wait in their
+ * queue and are accepted by that worker (with the options it sets from then on).
  *
  * A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
  * every later socket of the group binds it. Also the call to open again after
@@ -268,6 +275,9 @@ int reuseport_master_open(struct reuseport_set *set);
  * first worker's copies. -EALREADY when called twice, -EINVAL before any open.
  *
  * Workers forked after this call bind their own sockets with reuseport_worker_bind().
+ * A worker may call it too, to close its sockets and leave the group while keeping the
+ * set (it may then bind again). A socket whose fd was closed or replaced outside the
+ * library is not closed again (a warning is logged).
  */
 int reuseport_master_release(struct reuseport_set *set);
 
@@ -278,7 +288,9 @@ int reuseport_master_release(struct reuseport_set *set);
  *
  * Fails with -EINVAL when the set holds no inherited sockets (the master did not open, or
  * already released) or when called in the master itself, and -EBADF when an inherited fd
- * was closed or replaced between fork and this call. The fds belong to the set.
+ * was closed or replaced between fork and this call; the set is then released (holding
+ * nothing, the fds it no longer recognises left alone) and the worker may fall back to
+ * reuseport_worker_bind(). The fds belong to the set.
  */
 int reuseport_worker_adopt(struct reuseport_set *set);
 

@@ -17,6 +17,7 @@
 pub mod bpf;
 pub mod error;
 pub mod ffi;
+pub mod held;
 pub mod lifecycle;
 pub mod log;
 pub mod portowner;

@@ -14,9 +14,10 @@
 
 use std::ffi::CStr;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use crate::error::{Error, Result, Step};
+use crate::held::HeldSocket;
 use crate::log::{self, Level};
 use crate::resolve;
 use crate::socket;
@@ -40,7 +41,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [Role::Empty, Role::MasterOpen, Role::Released, Role::Adopted, Role::Bound, Role::Single];
+    pub const ALL: [Role; 6] =
+        [Role::Empty, Role::MasterOpen, Role::Released, Role::Adopted, Role::Bound, Role::Single];
 
     /// A static, NUL-terminated name for logs ("master-open", "adopted"...).
     pub fn name(self) -> &'static CStr {
@@ -65,7 +67,7 @@ pub struct Listener {
     /// port 0, so every later socket joins the same group.
     pub addr: SocketAddr,
     pub options: Options,
-    pub fd: Option<OwnedFd>,
+    pub fd: Option<HeldSocket>,
 }
 
 impl Listener {
@@ -112,7 +114,9 @@ impl Set {
     fn add_parsed(&mut self, spec: &ListenSpec, text: &str) -> Result<usize> {
         let addrs = resolve::addresses(spec)?;
         for a in &addrs {
-            spec.options.validate(a.is_ipv6()).map_err(|e| Error::invalid(format!("invalid listen spec \"{text}\": {a}: {}", e.message)))?;
+            spec.options
+                .validate(a.is_ipv6())
+                .map_err(|e| Error::invalid(format!("invalid listen spec \"{text}\": {a}: {}", e.message)))?;
         }
         // Check every address before adding any, so a failed call adds nothing.
         for a in &addrs {
@@ -136,7 +140,10 @@ impl Set {
         if self.role != Role::Empty && self.role != Role::Released {
             return Err(Error::lifecycle(
                 libc::EALREADY,
-                format!("{addr}: add: the set already holds sockets ({}); add specs before opening, or after release", self.role.as_str()),
+                format!(
+                    "{addr}: add: the set already holds sockets ({}); add specs before opening, or after release",
+                    self.role.as_str()
+                ),
             ));
         }
         if addr.port() != 0 && self.listeners.iter().any(|l| l.addr == *addr) {
@@ -151,9 +158,9 @@ impl Set {
     pub fn master_open(&mut self) -> Result<()> {
         match self.role {
             Role::Empty | Role::Released => {}
-            r => return Err(already_open("master_open", r)),
+            r => return Err(already_open("open", r)),
         }
-        self.require_listeners("master_open")?;
+        self.require_listeners("open")?;
         self.open_all(false)?;
         self.role = Role::MasterOpen;
         self.opener_pid = Some(std::process::id());
@@ -164,13 +171,16 @@ impl Set {
     /// holds, keep the specs and resolved ports for the next open.
     pub fn release(&mut self) -> Result<()> {
         if self.role == Role::Released {
-            return Err(Error::lifecycle(libc::EALREADY, "release: the set is already released (release called twice)"));
+            return Err(Error::lifecycle(libc::EALREADY, "the set is already released (release called twice)"));
         }
         if self.role == Role::Empty {
-            return Err(Error::lifecycle(libc::EINVAL, "release: the set holds no sockets (call reuseport_master_open first)"));
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                "the set holds no sockets to release (call reuseport_master_open first)",
+            ));
         }
         let n = self.close_all();
-        log::emit(Level::Info, &format!("released {n} listen socket(s) ({} → released)", self.role.as_str()));
+        log::emit(Level::Info, &format!("released {n} listen socket(s) ({} -> released)", self.role.as_str()));
         self.role = Role::Released;
         self.opener_pid = None;
         Ok(())
@@ -184,7 +194,7 @@ impl Set {
             Role::Empty | Role::Released => {
                 return Err(Error::lifecycle(
                     libc::EINVAL,
-                    format!("adopt: the set holds no inherited sockets ({}): the master must call reuseport_master_open before forking the first worker; other workers call reuseport_worker_bind", self.role.as_str()),
+                    format!("the set holds no inherited sockets ({}): the master must call reuseport_master_open before forking the first worker; other workers call reuseport_worker_bind", self.role.as_str()),
                 ))
             }
             r => return Err(already_open("adopt", r)),
@@ -192,20 +202,35 @@ impl Set {
         if self.opener_pid == Some(std::process::id()) {
             return Err(Error::lifecycle(
                 libc::EINVAL,
-                "adopt: called in the master that opened the sockets; call it in the first worker, after fork (the master calls reuseport_master_release)",
+                "called in the master that opened the sockets; call it in the first worker, after fork (the master calls reuseport_master_release)",
             ));
         }
-        for l in &self.listeners {
-            let fd = l.fd.as_ref().expect("MasterOpen holds every fd");
-            socket::verify_listener(fd.as_raw_fd(), &l.addr)?;
+        let verified = self.listeners.iter().try_for_each(|l| {
+            let held = l.fd.as_ref().expect("MasterOpen holds every fd");
+            socket::verify_listener(held, &l.addr)
+        });
+        if let Err(e) = verified {
+            // The inherited sockets cannot be trusted as a whole: let go of them (closing
+            // only those still intact) so this worker can bind its own instead.
+            self.close_all();
+            self.role = Role::Released;
+            self.opener_pid = None;
+            return Err(Error::new(
+                e.errno,
+                e.step,
+                format!(
+                    "{}; the set is now released: this worker may bind its own sockets with reuseport_worker_bind",
+                    e.message
+                ),
+            ));
         }
         // Configure may fail half-way (e.g. an option the kernel refuses); the sockets stay
         // this process's either way, so the role changes only on success and the caller
         // can free the set to close them.
         for l in &self.listeners {
-            let fd = l.fd.as_ref().expect("MasterOpen holds every fd");
-            socket::configure(fd.as_fd(), &l.addr, &l.options)?;
-            log::emit(Level::Debug, &format!("adopted {} (fd {})", l.spec_text(), fd.as_raw_fd()));
+            let held = l.fd.as_ref().expect("MasterOpen holds every fd");
+            socket::configure(held.borrow(), &l.addr, &l.options)?;
+            log::emit(Level::Debug, &format!("adopted {} (fd {})", l.spec_text(), held.raw()));
         }
         self.role = Role::Adopted;
         self.opener_pid = None;
@@ -220,15 +245,15 @@ impl Set {
             r => {
                 return Err(Error::lifecycle(
                     libc::EALREADY,
-                    format!("worker_bind: the set already holds sockets ({}); a worker binds in a set released by the master (fork after reuseport_master_release), or frees an inherited set first", r.as_str()),
+                    format!("the set already holds sockets ({}); a worker binds in a set the master released (fork after reuseport_master_release); a worker that inherited sockets calls reuseport_master_release first to close its copies", r.as_str()),
                 ))
             }
         }
-        self.require_listeners("worker_bind")?;
+        self.require_listeners("bind")?;
         if let Some(l) = self.listeners.iter().find(|l| l.addr.port() == 0) {
             return Err(Error::lifecycle(
                 libc::EINVAL,
-                format!("{}: worker_bind: port 0 is not resolved yet; the master's reuseport_master_open chooses the port that workers then join", l.addr),
+                format!("{}: port 0 is not resolved yet; the master's reuseport_master_open chooses the port that workers then join", l.addr),
             ));
         }
         self.open_all(true)?;
@@ -240,9 +265,9 @@ impl Set {
     pub fn open_single(&mut self) -> Result<()> {
         match self.role {
             Role::Empty | Role::Released => {}
-            r => return Err(already_open("open_single", r)),
+            r => return Err(already_open("open", r)),
         }
-        self.require_listeners("open_single")?;
+        self.require_listeners("open")?;
         self.open_all(true)?;
         self.role = Role::Single;
         self.opener_pid = None;
@@ -262,7 +287,10 @@ impl Set {
 
     fn require_listeners(&self, what: &str) -> Result<()> {
         if self.listeners.is_empty() {
-            return Err(Error::lifecycle(libc::EINVAL, format!("{what}: the set has no listen specs (add some with reuseport_set_add)")));
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                format!("the set has no listen specs to {what} (add some with reuseport_set_add)"),
+            ));
         }
         Ok(())
     }
@@ -274,29 +302,49 @@ impl Set {
         for l in &self.listeners {
             let fd = socket::open(&l.addr, &l.options)?;
             if configure {
-                socket::configure(fd.as_fd(), &l.addr, &l.options)?;
+                socket::configure(std::os::fd::AsFd::as_fd(&fd), &l.addr, &l.options)?;
             }
-            let bound = socket::local_addr(fd.as_fd()).map_err(|e| Error::sys(&e, Step::Bind, &l.addr.to_string(), "getsockname"))?;
+            let bound = socket::local_addr(std::os::fd::AsFd::as_fd(&fd))
+                .map_err(|e| Error::sys(&e, Step::Bind, &l.addr.to_string(), "getsockname"))?;
             opened.push((fd, bound));
         }
         // `opened` drops (and closes) everything on the early returns above.
         for (l, (fd, bound)) in self.listeners.iter_mut().zip(opened) {
             if l.addr.port() == 0 {
-                log::emit(Level::Info, &format!("{}: the kernel chose port {}; every later socket of this group binds it", l.addr, bound.port()));
+                log::emit(
+                    Level::Info,
+                    &format!(
+                        "{}: the kernel chose port {}; every later socket of this group binds it",
+                        l.addr,
+                        bound.port()
+                    ),
+                );
             }
             l.addr = bound;
-            log::emit(Level::Debug, &format!("opened {} (fd {}{})", l.spec_text(), fd.as_raw_fd(), if configure { ", configured" } else { ", unconfigured" }));
-            l.fd = Some(fd);
+            let held = HeldSocket::new(fd, bound);
+            log::emit(
+                Level::Debug,
+                &format!(
+                    "opened {} (fd {}{})",
+                    l.spec_text(),
+                    held.raw(),
+                    if configure { ", configured" } else { ", unconfigured" }
+                ),
+            );
+            l.fd = Some(held);
         }
         Ok(())
     }
 
     /// The fd of listener `i`, if this process holds it.
     pub fn fd(&self, i: usize) -> Option<RawFd> {
-        self.listeners.get(i)?.fd.as_ref().map(|f| f.as_raw_fd())
+        self.listeners.get(i)?.fd.as_ref().map(HeldSocket::raw)
     }
 }
 
 fn already_open(what: &str, r: Role) -> Error {
-    Error::lifecycle(libc::EALREADY, format!("{what}: the set already holds sockets ({}); release or free it first", r.as_str()))
+    Error::lifecycle(
+        libc::EALREADY,
+        format!("cannot {what}: the set already holds sockets ({}); release it first", r.as_str()),
+    )
 }

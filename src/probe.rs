@@ -25,13 +25,11 @@ pub fn probe() -> Probe {
     let so_reuseport = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .and_then(|s| s.set_reuse_port(true))
         .is_ok();
-    let tcp_migrate_req = fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
+    let tcp_migrate_req =
+        fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok().and_then(|s| s.trim().parse().ok());
     let bpf_reuseport = bpf::load_migrate_program().map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
-    let kernel_release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let kernel_release =
+        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
 
     let mut notes = Vec::new();
     if !so_reuseport {
@@ -44,12 +42,19 @@ pub fn probe() -> Probe {
     }
     if let Err(errno) = bpf_reuseport {
         let hint = match errno {
-            libc::EPERM | libc::EACCES => "run the master with CAP_BPF (root), which may hand the program fd to unprivileged workers",
+            libc::EPERM | libc::EACCES => {
+                "run the master with CAP_BPF (root), which may hand the program fd to unprivileged workers"
+            }
             libc::EINVAL => "this kernel lacks the select-or-migrate attach type (Linux 5.14 or later)",
             libc::ENOSYS => "this kernel has no bpf(2)",
             _ => "",
         };
-        notes.push(format!("cannot load a reuseport eBPF program: {}{}{}", strerror(errno), if hint.is_empty() { "" } else { ": " }, hint));
+        notes.push(format!(
+            "cannot load a reuseport eBPF program: {}{}{}",
+            strerror(errno),
+            if hint.is_empty() { "" } else { ": " },
+            hint
+        ));
     }
     Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, kernel_release, notes }
 }

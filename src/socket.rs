@@ -3,11 +3,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 
 use crate::error::{Error, Result, Step};
+use crate::held::HeldSocket;
 use crate::portowner;
 use crate::spec::{Keepalive, Options};
 
@@ -43,9 +44,11 @@ pub fn configure(fd: BorrowedFd<'_>, addr: &SocketAddr, opts: &Options) -> Resul
     let result = (|| {
         if let Some(n) = opts.rcvbuf {
             sock.set_recv_buffer_size(n as usize).map_err(|e| so(e, "SO_RCVBUF"))?;
+            warn_if_capped(&name, "rcvbuf", n, sock.recv_buffer_size(), "net.core.rmem_max");
         }
         if let Some(n) = opts.sndbuf {
             sock.set_send_buffer_size(n as usize).map_err(|e| so(e, "SO_SNDBUF"))?;
+            warn_if_capped(&name, "sndbuf", n, sock.send_buffer_size(), "net.core.wmem_max");
         }
         if opts.deferred {
             // nginx uses 1 s: a connection's time in the queue cannot be known, and with
@@ -83,26 +86,24 @@ pub fn configure(fd: BorrowedFd<'_>, addr: &SocketAddr, opts: &Options) -> Resul
     result
 }
 
-/// Checks that `fd` is still the listener the master opened on `addr`: a daemonizing step
-/// that closed or reused fds between fork and adopt must fail here, not in accept().
-pub fn verify_listener(fd: RawFd, addr: &SocketAddr) -> Result<()> {
-    let name = addr.to_string();
+/// Checks that an inherited socket is still the listener the master opened on `addr`: a
+/// daemonizing step that closed or reused fds between fork and adopt must fail here, not
+/// in accept().
+pub fn verify_listener(held: &HeldSocket, addr: &SocketAddr) -> Result<()> {
+    let fd = held.raw();
     let mismatch = |what: String| {
         Error::new(
             libc::EBADF,
             Step::Adopt,
-            format!("{name}: adopt: fd {fd} {what}: the inherited listen socket was closed or replaced between fork and adopt (do not close fds the library owns)"),
+            format!("{addr}: adopt: fd {fd} {what}: the inherited listen socket was closed or replaced between fork and adopt (do not close fds the library owns)"),
         )
     };
-    // SAFETY: fcntl(F_GETFD) on any int is safe; it only reports whether the fd is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(mismatch("is not open".into()));
+    if !held.is_intact() {
+        return Err(mismatch(format!("is no longer socket inode {}", held.inode())));
     }
-    // SAFETY: the fd is open; borrowing it for the duration of these getsockopt calls.
-    let sock = borrow_socket(unsafe { BorrowedFd::borrow_raw(fd) });
+    let sock = borrow_socket(held.borrow());
     let result = (|| {
-        let local = sock.local_addr().map_err(|_| mismatch("is not a socket".into()))?;
-        match local.as_socket() {
+        match sock.local_addr().ok().and_then(|a| a.as_socket()) {
             Some(a) if a == *addr => {}
             Some(a) => return Err(mismatch(format!("is bound to {a}"))),
             None => return Err(mismatch("is not an IP socket".into())),
@@ -130,6 +131,22 @@ fn borrow_socket(fd: BorrowedFd<'_>) -> Socket {
     unsafe { Socket::from_raw_fd(fd.as_raw_fd()) }
 }
 
+/// The kernel silently caps buffer sizes at a sysctl (and doubles what it keeps); an
+/// operator who asked for more should hear about it.
+fn warn_if_capped(name: &str, what: &str, wanted: u32, got: io::Result<usize>, sysctl: &str) {
+    if let Ok(got) = got {
+        if got < 2 * wanted as usize {
+            crate::log::emit(
+                crate::log::Level::Warn,
+                &format!(
+                    "{name}: {what}={wanted} was capped to {} by {sysctl}; raise it to get the size asked for",
+                    got / 2
+                ),
+            );
+        }
+    }
+}
+
 fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: a plain int option on a valid fd.
     let rc = unsafe {
@@ -141,7 +158,11 @@ fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::
             std::mem::size_of::<i32>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn socket_hint(e: &io::Error) -> &'static str {

@@ -35,7 +35,11 @@ pub enum Keepalive {
     #[default]
     Default,
     Off,
-    On { idle: Option<u32>, intvl: Option<u32>, cnt: Option<u32> },
+    On {
+        idle: Option<u32>,
+        intvl: Option<u32>,
+        cnt: Option<u32>,
+    },
 }
 
 /// Socket options of one listener. `backlog` and `ipv6only` belong to `listen()`/`bind()` and
@@ -114,9 +118,9 @@ impl Options {
 
 fn check_limit(name: &str, v: Option<u32>, max: u32) -> Result<()> {
     match v {
-        Some(v) if v == 0 || v > max => Err(Error::invalid(format!(
-            "{name} {v} is out of range: Linux accepts 1..{max}"
-        ))),
+        Some(v) if v == 0 || v > max => {
+            Err(Error::invalid(format!("{name} {v} is out of range: Linux accepts 1..{max}")))
+        }
         _ => Ok(()),
     }
 }
@@ -130,7 +134,8 @@ pub struct ListenSpec {
 
 /// Parses one listen spec. Every error quotes the offending token.
 pub fn parse(text: &str) -> Result<ListenSpec> {
-    parse_inner(text).map_err(|e| Error::invalid(format!("invalid listen spec \"{}\": {}", text.escape_debug(), e.message)))
+    parse_inner(text)
+        .map_err(|e| Error::invalid(format!("invalid listen spec \"{}\": {}", text.escape_debug(), e.message)))
 }
 
 fn parse_inner(text: &str) -> Result<ListenSpec> {
@@ -141,7 +146,9 @@ fn parse_inner(text: &str) -> Result<ListenSpec> {
     let text = text.trim();
     let text = text.strip_suffix(';').unwrap_or(text);
     let mut tokens = text.split_ascii_whitespace();
-    let addr = tokens.next().ok_or_else(|| Error::invalid("empty: expected an address such as 127.0.0.1:8080, *:80 or 8080"))?;
+    let addr = tokens
+        .next()
+        .ok_or_else(|| Error::invalid("empty: expected an address such as 127.0.0.1:8080, *:80 or 8080"))?;
     let (host, port) = parse_address(addr)?;
     let mut options = Options::default();
     let mut seen: Vec<&str> = Vec::new();
@@ -176,9 +183,7 @@ fn parse_address(addr: &str) -> Result<(Host, u16)> {
         let (ip, after) = rest
             .split_once(']')
             .ok_or_else(|| Error::invalid(format!("\"{addr}\": missing ']' after the IPv6 address")))?;
-        let ip: Ipv6Addr = ip
-            .parse()
-            .map_err(|_| Error::invalid(format!("\"{ip}\" is not an IPv6 address")))?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| Error::invalid(format!("\"{ip}\" is not an IPv6 address")))?;
         let port = match after {
             "" => DEFAULT_PORT,
             _ => match after.strip_prefix(':') {
@@ -350,7 +355,11 @@ fn parse_keepalive(token: &str, v: &str) -> Result<Keepalive> {
         return Err(Error::invalid(format!("\"{token}\": give at least one of keepidle:keepintvl:keepcnt, or \"on\"")));
     }
     let k = Keepalive::On { idle, intvl, cnt };
-    for (name, val, max) in [("keepidle", idle, MAX_TCP_KEEPIDLE), ("keepintvl", intvl, MAX_TCP_KEEPINTVL), ("keepcnt", cnt, MAX_TCP_KEEPCNT)] {
+    for (name, val, max) in [
+        ("keepidle", idle, MAX_TCP_KEEPIDLE),
+        ("keepintvl", intvl, MAX_TCP_KEEPINTVL),
+        ("keepcnt", cnt, MAX_TCP_KEEPCNT),
+    ] {
         check_limit(name, val, max).map_err(|e| Error::invalid(format!("\"{token}\": {}", e.message)))?;
     }
     Ok(k)
@@ -450,7 +459,10 @@ mod tests {
         assert!(!ok("80").options.needs_configure());
         assert_eq!(ok("80 so_keepalive=on").options.keepalive, Keepalive::On { idle: None, intvl: None, cnt: None });
         assert_eq!(ok("80 so_keepalive=off").options.keepalive, Keepalive::Off);
-        assert_eq!(ok("80 so_keepalive=:75s:").options.keepalive, Keepalive::On { idle: None, intvl: Some(75), cnt: None });
+        assert_eq!(
+            ok("80 so_keepalive=:75s:").options.keepalive,
+            Keepalive::On { idle: None, intvl: Some(75), cnt: None }
+        );
         assert_eq!(ok("80 backlog=-1").options.backlog, -1);
         assert_eq!(ok("80 rcvbuf=4096").options.rcvbuf, Some(4096));
         assert_eq!(ok("[::]:80 ipv6only=off").options.ipv6only, Some(false));

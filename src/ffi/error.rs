@@ -12,11 +12,14 @@ pub(crate) fn set_last(message: &str) {
     LAST.with(|l| *l.borrow_mut() = text);
 }
 
-/// The message of the last call that failed on this thread: the address, the step
-/// (socket, bind, listen, setsockopt, bpf...) and what to do about it. Never NULL; empty
-/// when no call has failed yet. Meaningful right after a call returned a negative value;
+/// The message of the last call that failed on this thread: the function, the address,
+/// the step (socket, bind, listen, setsockopt, bpf...) and what to do about it, e.g.
+/// "reuseport_worker_bind: 127.0.0.1:80: bind: Permission denied (EACCES): ...". Never
+/// NULL; empty when no call has failed yet. The same text also goes to the log callback at
+/// REUSEPORT_LOG_ERROR, so a host that logs through the callback need not log it again. Meaningful right after a call returned a negative value;
 /// successful calls leave it as it was, like errno. The string belongs to the library and
-/// stays valid until the next failing call on this thread.
+/// stays valid until the next failing call on this thread: copy it before making another
+/// call in the same expression.
 #[no_mangle]
 pub extern "C" fn reuseport_last_error() -> *const c_char {
     LAST.try_with(|l| l.borrow().as_ptr()).unwrap_or(c"".as_ptr())

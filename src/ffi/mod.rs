@@ -55,7 +55,11 @@ fn panic_error(function: &str, panic: Box<dyn std::any::Any + Send>) -> Error {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    Error::new(libc::EFAULT, Step::Lifecycle, format!("internal error in {function} (a bug in reuseport, please report it): {what}"))
+    Error::new(
+        libc::EFAULT,
+        Step::Lifecycle,
+        format!("internal error in {function} (a bug in reuseport, please report it): {what}"),
+    )
 }
 
 /// A non-NULL, NUL-terminated UTF-8 argument.
@@ -66,9 +70,7 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> crate::Result<&'
     if p.is_null() {
         return Err(Error::invalid(format!("{what} is NULL")));
     }
-    CStr::from_ptr(p)
-        .to_str()
-        .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+    CStr::from_ptr(p).to_str().map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
 #[cfg(test)]

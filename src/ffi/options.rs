@@ -71,8 +71,15 @@ impl TryFrom<&reuseport_listen_options> for Options {
     fn try_from(o: &reuseport_listen_options) -> crate::Result<Options> {
         let keepalive = match o.keepalive {
             -1 if o.keepidle == 0 && o.keepintvl == 0 && o.keepcnt == 0 => Keepalive::Default,
-            -1 => return Err(Error::invalid("keepidle/keepintvl/keepcnt are set but keepalive is -1: set keepalive = 1")),
-            0 => Keepalive::Off,
+            -1 => {
+                return Err(Error::invalid("keepidle/keepintvl/keepcnt are set but keepalive is -1: set keepalive = 1"))
+            }
+            0 if o.keepidle == 0 && o.keepintvl == 0 && o.keepcnt == 0 => Keepalive::Off,
+            0 => {
+                return Err(Error::invalid(
+                    "keepidle/keepintvl/keepcnt are set but keepalive is 0 (off): set keepalive = 1",
+                ))
+            }
             1 => Keepalive::On {
                 idle: non_negative("keepidle", o.keepidle)?,
                 intvl: non_negative("keepintvl", o.keepintvl)?,
@@ -107,16 +114,27 @@ unsafe fn read_sockaddr(addr: *const libc::sockaddr, len: libc::socklen_t) -> cr
         return Err(Error::invalid("addr is NULL"));
     }
     let len = len as usize;
-    match (*addr).sa_family as c_int {
+    if len < std::mem::size_of::<libc::sa_family_t>() {
+        return Err(Error::invalid(format!("addrlen {len} is too short for any address")));
+    }
+    let family = std::ptr::read_unaligned(std::ptr::addr_of!((*addr).sa_family)) as c_int;
+    match family {
         libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
             let a = std::ptr::read_unaligned(addr as *const libc::sockaddr_in);
             Ok(SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port))))
         }
         libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
             let a = std::ptr::read_unaligned(addr as *const libc::sockaddr_in6);
-            Ok(SocketAddr::V6(SocketAddrV6::new(a.sin6_addr.s6_addr.into(), u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
         }
-        f @ (libc::AF_INET | libc::AF_INET6) => Err(Error::invalid(format!("addrlen {len} is too short for address family {f}"))),
+        libc::AF_INET => Err(Error::invalid(format!("addrlen {len} is too short for AF_INET (sockaddr_in)"))),
+        libc::AF_INET6 => Err(Error::invalid(format!("addrlen {len} is too short for AF_INET6 (sockaddr_in6)"))),
+        libc::AF_UNIX => Err(Error::invalid("AF_UNIX addresses have no reuseport groups: use AF_INET or AF_INET6")),
         f => Err(Error::invalid(format!("address family {f} is not supported: use AF_INET or AF_INET6"))),
     }
 }

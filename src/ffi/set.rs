@@ -59,7 +59,11 @@ pub(crate) fn set_mut<'a>(p: *mut reuseport_set) -> crate::Result<&'a mut Set> {
 
 fn listener_at(set: &Set, index: usize) -> crate::Result<&Listener> {
     set.listeners().get(index).ok_or_else(|| {
-        Error::new(libc::ENOENT, Step::Lifecycle, format!("index {index} is out of range (the set has {})", set.listeners().len()))
+        Error::new(
+            libc::ENOENT,
+            Step::Lifecycle,
+            format!("index {index} is out of range (the set has {})", set.listeners().len()),
+        )
     })
 }
 
@@ -69,7 +73,9 @@ fn listener_at(set: &Set, index: usize) -> crate::Result<&Listener> {
 /// reuseport_set_free().
 #[no_mangle]
 pub extern "C" fn reuseport_set_new() -> *mut reuseport_set {
-    guard_or("reuseport_set_new", std::ptr::null_mut(), || Ok(Box::into_raw(Box::new(reuseport_set { set: Set::new() }))))
+    guard_or("reuseport_set_new", std::ptr::null_mut(), || {
+        Ok(Box::into_raw(Box::new(reuseport_set { set: Set::new() })))
+    })
 }
 
 /// Frees a set and closes every listen socket it holds **in this process** (copies in
@@ -88,8 +94,9 @@ pub extern "C" fn reuseport_set_free(set: *mut reuseport_set) {
 /// Adds a listen spec in nginx's `listen` syntax: an address (`127.0.0.1:8080`, `*:80`,
 /// `8080`, `[::1]:8443`, `localhost:8080`; no port means 80, port 0 lets the kernel choose)
 /// and options: `backlog=N` (-1: the system maximum), `rcvbuf=SIZE`, `sndbuf=SIZE` (k, m
-/// suffixes), `deferred`, `fastopen=N`, `so_keepalive=on|off|[idle]:[intvl]:[cnt]`,
-/// `ipv6only=on|off` (IPv6 only; default on). `reuseport` and a trailing `;` are accepted.
+/// suffixes), `deferred` (TCP_DEFER_ACCEPT of 1 s, as nginx), `fastopen=N`,
+/// `so_keepalive=on|off|[idle]:[intvl]:[cnt]`, `ipv6only=on|off` (IPv6 only; default on).
+/// `reuseport` and a trailing `;` are accepted.
 ///
 /// Returns the number of listeners added (a host name adds one per address it resolves
 /// to), or -EINVAL with a message quoting the bad token. -EALREADY when the set holds
@@ -111,6 +118,9 @@ pub extern "C" fn reuseport_set_add(set: *mut reuseport_set, spec: *const c_char
 /// SO_REUSEADDR + SO_REUSEPORT (+ IPV6_V6ONLY) + bind + listen(backlog). No other option is
 /// set: the first worker configures these sockets when it adopts them.
 ///
+/// Connections that arrive before the first worker adopts the sockets wait in their
+/// queue and are accepted by that worker (with the options it sets from then on).
+///
 /// A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
 /// every later socket of the group binds it. Also the call to open again after
 /// reuseport_master_release() (reload, or an old master reverting an upgrade).
@@ -129,6 +139,9 @@ pub extern "C" fn reuseport_master_open(set: *mut reuseport_set) -> c_int {
 /// first worker's copies. -EALREADY when called twice, -EINVAL before any open.
 ///
 /// Workers forked after this call bind their own sockets with reuseport_worker_bind().
+/// A worker may call it too, to close its sockets and leave the group while keeping the
+/// set (it may then bind again). A socket whose fd was closed or replaced outside the
+/// library is not closed again (a warning is logged).
 #[no_mangle]
 pub extern "C" fn reuseport_master_release(set: *mut reuseport_set) -> c_int {
     guard("reuseport_master_release", || set_mut(set)?.release().map(|_| 0))
@@ -140,7 +153,9 @@ pub extern "C" fn reuseport_master_release(set: *mut reuseport_set) -> c_int {
 ///
 /// Fails with -EINVAL when the set holds no inherited sockets (the master did not open, or
 /// already released) or when called in the master itself, and -EBADF when an inherited fd
-/// was closed or replaced between fork and this call. The fds belong to the set.
+/// was closed or replaced between fork and this call; the set is then released (holding
+/// nothing, the fds it no longer recognises left alone) and the worker may fall back to
+/// reuseport_worker_bind(). The fds belong to the set.
 #[no_mangle]
 pub extern "C" fn reuseport_worker_adopt(set: *mut reuseport_set) -> c_int {
     guard("reuseport_worker_adopt", || set_mut(set)?.adopt().map(|_| 0))
@@ -182,7 +197,11 @@ pub extern "C" fn reuseport_set_fd(set: *const reuseport_set, index: usize) -> c
         let set = set_ref(set)?;
         let l = listener_at(set, index)?;
         set.fd(index).ok_or_else(|| {
-            Error::new(libc::EBADF, Step::Lifecycle, format!("{}: this process holds no socket for it ({})", l.addr, set.role().as_str()))
+            Error::new(
+                libc::EBADF,
+                Step::Lifecycle,
+                format!("{}: this process holds no socket for it ({})", l.addr, set.role().as_str()),
+            )
         })
     })
 }
