@@ -1,11 +1,12 @@
 #!/bin/sh
-# The demo: builds the library and runs the lifecycle once (a master, a first worker that
-# adopts the master's sockets, two workers that bind their own, a client), printing what
-# each process holds after each step. Stops by itself.
+# The demo: builds everything, then runs the example server with 4 workers under load
+# through a reload, a worker-count change, a binary upgrade and a revert, printing a
+# timeline and the final tally. Stops by itself. As root it runs in a private network
+# namespace with queue migration on; otherwise on this machine's loopback.
 set -eu
 cd "$(dirname "$0")/.."
 PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" --target lifecycle_demo >/dev/null
-exec build/c-examples/lifecycle_demo "$@"
+cmake --build build -j "$(nproc)" >/dev/null
+exec python3 scripts/demo.py build/c-examples/rpserver build/c-examples/loadclient

@@ -14,6 +14,8 @@ need valgrind valgrind
 need ip iproute2
 need unshare util-linux
 need git git
+need python3 python3
+need pkill procps
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     echo "cargo not found: install Rust (rustup) first" >&2

@@ -1,12 +1,24 @@
-#!/bin/sh
+#!/bin/bash
 # Every test: installs what is missing, builds the library, the header, the examples and
 # the C tests with cmake, then runs everything with ctest (C tests, cargo test, the header
-# drift check, the README example, the demo). Tests that need root run in their own
+# drift check, the README example, the lifecycle scenarios under load), then prints the
+# scenarios' failure counts as a table. Tests that need root run in their own
 # network namespace; run this as root to run them all (CI does).
-set -eu
+set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)"
-ctest --test-dir build --output-on-failure
+rm -f build/scenario-results.jsonl
+status=0
+ctest --test-dir build --output-on-failure 2>&1 | tee build/ctest.log || status=$?
+if [ -s build/scenario-results.jsonl ]; then
+    echo
+    echo "Lifecycle scenarios under load (failures by kind; migrate = net.ipv4.tcp_migrate_req):"
+    python3 tests/scenarios/table.py build/scenario-results.jsonl
+    echo
+    # ctest's verdict stays the last line.
+    grep -E '^[0-9]+% tests passed' build/ctest.log | tail -n 1
+fi
+exit $status

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Lifecycle scenarios: rpserver under continuous load from loadclient, one scenario per
+run, inside a private network namespace (tests/c/in-netns.sh puts us there).
+
+Every scenario runs with net.ipv4.tcp_migrate_req set as asked (the namespace's own
+copy). With migration on, no connection may fail, except that a killed (SIGKILL) or
+fast-stopped (TERM) worker loses what it had already accepted: the server counts that per
+worker, and client failures may never exceed it. With migration off, the failures are
+recorded (they are the baseline) and only what holds there is asserted.
+
+After the events, the processes must hold exactly the sockets the design says: the
+master none, every worker one listening socket per address.
+
+Usage: run.py --server PATH --client PATH --migrate 0|1 [--results FILE] SCENARIO
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from harness import PORT, Failure, Load, Server, check, fds_of, listen_sockets_of, wait_for
+
+SCENARIOS = {}
+
+
+def scenario(fn):
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def connectable(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+# Each scenario performs its events under load and returns nothing; it may assert things
+# of its own. The runner then checks the failures against the migration setting.
+
+@scenario
+def steady(srv, ctx):
+    """Four workers, no event: every worker gets a fair share."""
+    srv.configure(4, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    load = ctx.load()
+    time.sleep(3)
+    ctx.result = load.stop()
+    shares = ctx.result["workers"]
+    total = sum(shares.values())
+    check(len(shares) == 4, f"{len(shares)} workers served, expected 4: {shares}")
+    for pid, n in shares.items():
+        check(n >= total * 0.10, f"worker {pid} served {n} of {total} (less than 10%)")
+    srv.check_sockets(srv.master())
+
+
+@scenario
+def reload10(srv, ctx):
+    """Ten reloads with the same config."""
+    srv.configure(2, [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"])
+    srv.start()
+    master = srv.master()
+    load = ctx.load(targets=[f"127.0.0.1:{PORT}", f"[::1]:{PORT}"])
+    time.sleep(0.5)
+    for _ in range(10):
+        srv.signal(master, signal.SIGHUP)
+        time.sleep(0.3)
+    srv.wait_settled(master)
+    time.sleep(0.3)
+    ctx.result = load.stop()
+    srv.check_sockets(master)
+
+
+@scenario
+def workers_change(srv, ctx):
+    """worker_processes 2 -> 4 -> 1 -> 3 by reload."""
+    srv.configure(2, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    master = srv.master()
+    load = ctx.load()
+    time.sleep(0.5)
+    for n in (4, 1, 3):
+        srv.configure(n, srv.listens)
+        srv.reload(master, n, command=True)
+        srv.check_sockets(master)
+        time.sleep(0.5)
+    ctx.result = load.stop()
+
+
+@scenario
+def addresses_change(srv, ctx):
+    """A reload adds one address and removes another; the load stays on the kept one."""
+    srv.configure(2, [f"127.0.0.1:{PORT}", f"127.0.0.1:{PORT + 1}"])
+    srv.start()
+    master = srv.master()
+    check(connectable(PORT + 1), "the address to be removed serves before the reload")
+    load = ctx.load()
+    time.sleep(0.5)
+    srv.configure(2, [f"127.0.0.1:{PORT}", f"127.0.0.1:{PORT + 2}"])
+    srv.reload(master)
+    time.sleep(0.5)
+    ctx.result = load.stop()
+    check(connectable(PORT + 2), "the added address serves")
+    check(not connectable(PORT + 1), "the removed address is closed")
+    srv.check_sockets(master)
+
+
+def start_upgrade(srv):
+    """USR2 to the master; returns (old, new) once the new master runs its workers."""
+    old = srv.master()
+    srv.signal(old, signal.SIGUSR2)
+    wait_for(lambda: os.path.exists(srv.pid_path + ".oldbin") and os.path.exists(srv.pid_path)
+             and srv.master() != old, 10, "the new master's pid file")
+    new = srv.master()
+    srv.wait_settled(new)
+    return old, new
+
+
+@scenario
+def upgrade(srv, ctx):
+    """Binary upgrade: USR2, WINCH to the old master, QUIT to the old master."""
+    srv.configure(2, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    load = ctx.load()
+    time.sleep(0.5)
+    old, new = start_upgrade(srv)
+    check(listen_sockets_of(new) == [], "the new master released its sockets")
+    srv.signal(old, signal.SIGWINCH)
+    srv.wait_settled(old, 0)
+    time.sleep(0.5)
+    srv.signal(old, signal.SIGQUIT)
+    srv.wait_exit(old)
+    time.sleep(0.3)
+    ctx.result = load.stop()
+    check(not os.path.exists(srv.pid_path + ".oldbin"), "the .oldbin pid file is gone")
+    check(srv.master() == new, "the pid file names the new master")
+    srv.check_sockets(new)
+
+
+@scenario
+def revert_hup(srv, ctx):
+    """Upgrade, WINCH the old master, then revert: HUP to the old master, QUIT to the new."""
+    srv.configure(2, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    load = ctx.load()
+    time.sleep(0.5)
+    old, new = start_upgrade(srv)
+    srv.signal(old, signal.SIGWINCH)
+    srv.wait_settled(old, 0)
+    time.sleep(0.3)
+    srv.reload(old)
+    srv.signal(new, signal.SIGQUIT)
+    srv.wait_exit(new)
+    time.sleep(0.3)
+    ctx.result = load.stop()
+    check(srv.master() == old, "the pid file names the old master again")
+    check(not os.path.exists(srv.pid_path + ".oldbin"), "the .oldbin pid file is gone")
+    srv.check_sockets(old)
+
+
+@scenario
+def revert_term(srv, ctx):
+    """Upgrade, then revert by TERM to the new master while the old workers still run."""
+    srv.configure(2, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    load = ctx.load()
+    time.sleep(0.5)
+    old, new = start_upgrade(srv)
+    time.sleep(0.5)
+    srv.signal(new, signal.SIGTERM)
+    srv.wait_exit(new)
+    wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+    time.sleep(0.3)
+    ctx.result = load.stop()
+    srv.check_sockets(old)
+
+
+@scenario
+def kill9(srv, ctx):
+    """SIGKILL a worker three times; the master respawns it."""
+    srv.configure(3, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    master = srv.master()
+    load = ctx.load()
+    time.sleep(0.5)
+    for _ in range(3):
+        victim = sorted(srv.workers_of(master))[0]
+        srv.signal(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in srv.workers_of(master), 5, f"worker {victim} to be reaped")
+        srv.wait_settled(master)
+        time.sleep(0.3)
+    ctx.result = load.stop()
+    srv.check_sockets(master)
+
+
+@scenario
+def quit(srv, ctx):
+    """Graceful shutdown: every request in flight when QUIT arrives is answered."""
+    srv.configure(2, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    master = srv.master()
+    load = ctx.load()
+    time.sleep(1)
+    srv.signal(master, signal.SIGQUIT)
+    srv.wait_exit(master)
+    ctx.result = load.stop()
+    check(not os.path.exists(srv.pid_path), "the pid file is removed")
+    # Once the listeners are closed new clients are refused, as from any stopped server;
+    # what was accepted or queued before must still be answered.
+    ctx.refused_is_expected = True
+
+
+@scenario
+def reload50_fds(srv, ctx):
+    """Fifty reloads leak no fd in the master and leave each worker one socket per address."""
+    srv.configure(2, [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"])
+    srv.start()
+    master = srv.master()
+    before = len(fds_of(master))
+    load = ctx.load(targets=[f"127.0.0.1:{PORT}", f"[::1]:{PORT}"], rate=1000)
+    for _ in range(50):
+        srv.reload(master)
+    srv.check_sockets(master)
+    after = len(fds_of(master))
+    check(after == before, f"the master had {before} fds before 50 reloads and {after} after")
+    ctx.result = load.stop()
+
+
+def exchange(data, port=PORT, timeout=3):
+    """Sends raw bytes, returns everything the server sends back until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return out
+            out += chunk
+
+
+@scenario
+def bad_input(srv, ctx):
+    """Garbage gets a 400 and a close; a flood of idle connections, five times what the
+    workers may hold, does not stop them from accepting and serving everyone else."""
+    srv.configure(2, [f"127.0.0.1:{PORT}"], extra="worker_connections 128;\nclient_header_timeout 20s;\n")
+    srv.start()
+    for garbage in (b"garbage\r\n\r\n", b"GET\r\n\r\n", b"get / HTTP/1.1\r\n\r\n", b"GET / FTP/1.0\r\n\r\n",
+                    b"\x00\xff\xfe\r\n\r\n"):
+        reply = exchange(garbage)
+        check(reply.startswith(b"HTTP/1.1 400 "), f"{garbage!r} got {reply[:40]!r}")
+        check(b"Connection: close" in reply, f"{garbage!r}: no Connection: close")
+    check(exchange(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 9000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431 "),
+          "an oversized header is refused with 431")
+    keepalive = exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    check(keepalive.count(b"HTTP/1.1 200 OK") == 2, f"two pipelined requests on a keep-alive connection: {keepalive!r}")
+    idle = []
+    for _ in range(640):
+        idle.append(socket.create_connection(("127.0.0.1", PORT), timeout=3))
+    load = ctx.load()
+    time.sleep(2)
+    ctx.result = load.stop()
+    for s in idle:
+        s.close()
+    srv.check_sockets(srv.master())
+
+
+class Context:
+    def __init__(self, args, workdir):
+        self.args, self.workdir, self.result = args, workdir, None
+        self.refused_is_expected = False
+        self.loads = []
+
+    def load(self, targets=None, rate=4000):
+        load = Load(self.args.client, self.workdir, targets or [f"127.0.0.1:{PORT}"], rate=rate)
+        self.loads.append(load)
+        return load
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--server", required=True)
+    p.add_argument("--client", required=True)
+    p.add_argument("--migrate", type=int, choices=(0, 1), required=True)
+    p.add_argument("--results", help="append a JSON line with the counts to this file")
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    args = p.parse_args()
+
+    with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
+        f.write(str(args.migrate))
+    name = f"{args.scenario} (tcp_migrate_req={args.migrate})"
+    workdir = tempfile.mkdtemp(prefix=f"rp-{args.scenario}-")
+    srv = Server(args.server, workdir)
+    ctx = Context(args, workdir)
+    passed = True
+    try:
+        SCENARIOS[args.scenario](srv, ctx)
+        r = ctx.result
+        failed = r["reset"] + r["timeout"] + r["other"] + (0 if ctx.refused_is_expected else r["refused"])
+        lost = srv.lost_in_flight()
+        check(r["ok"] > 0, "no request succeeded")
+        summary = (f"{name}: requests={r['requests']} ok={r['ok']} refused={r['refused']} reset={r['reset']} "
+                   f"timeout={r['timeout']} other={r['other']} in_flight_at_death={lost} workers_seen={len(r['workers'])}")
+        print(summary)
+        if args.results:
+            with open(args.results, "a") as f:
+                f.write(json.dumps({"scenario": args.scenario, "tcp_migrate_req": args.migrate,
+                                    "in_flight_at_death": lost, **r}) + "\n")
+        if args.migrate:
+            # Nothing that waited in a listen queue may be lost; only what a dead process
+            # had already accepted.
+            check(failed <= lost, f"{failed} connections failed, but dead workers had only {lost} in flight")
+        else:
+            print(f"{name}: baseline recorded, {failed} failed without migration")
+    except Failure as e:
+        passed = False
+        print(f"{name}: FAILED: {e}", file=sys.stderr)
+        try:
+            with open(srv.log) as f:
+                tail = f.readlines()[-30:]
+            print("last lines of the server log:\n" + "".join(tail), file=sys.stderr)
+        except FileNotFoundError:
+            pass
+    finally:
+        for load in ctx.loads:
+            if load.proc.poll() is None:
+                open(load.stopfile, "w").close()
+                try:
+                    load.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    load.proc.kill()
+        srv.stop()
+    print(f"scenario {args.scenario}: {1 if passed else 0} passed, {0 if passed else 1} failed")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
