@@ -7,7 +7,9 @@
  *   other workers:   worker_bind (own SO_REUSEPORT socket) --> configure --> drop privileges --> accept...
  *
  * Conventions: functions return 0 (or a count) on success and a negative errno on failure;
- * reuseport_last_error() then says which address, which step and what to do. Every fd the
+ * reuseport_last_error() then says which address, which step and what to do; the same text
+ * goes to the log callback at REUSEPORT_LOG_ERROR (accessors such as reuseport_set_fd(),
+ * whose "not there" answers are ordinary, log at REUSEPORT_LOG_DEBUG). Every fd the
  * library creates is SOCK_CLOEXEC and belongs to the set that holds it: accessors return
  * borrowed fds, reuseport_master_release() and reuseport_set_free() close them. No call
  * starts a thread or holds a lock across fork(): calls in a freshly forked child are safe.
@@ -43,6 +45,12 @@
 #define REUSEPORT_LOG_DEBUG 7
 
 /**
+ * reuseport_set_drain() flag: keep the listen backlog while draining (by default it is
+ * shrunk to 0 so that new handshakes use SYN cookies, which survive the close).
+ */
+#define REUSEPORT_DRAIN_KEEP_BACKLOG 1
+
+/**
  * Where a set stands in the lifecycle (reuseport_set_role()).
  */
 typedef enum reuseport_role {
@@ -72,6 +80,38 @@ typedef enum reuseport_role {
    */
   REUSEPORT_ROLE_SINGLE = 5,
 } reuseport_role;
+
+/**
+ * How a group keeps the connections queued on a socket that leaves it (a worker exiting
+ * on reload, upgrade, quit or crash).
+ */
+typedef enum reuseport_strategy {
+  /**
+   * The default: the eBPF program where it can be loaded or attached, else the sysctl
+   * when it is already 1, else drain (with a warning naming the fix).
+   */
+  REUSEPORT_STRATEGY_AUTO = 0,
+  /**
+   * The library's reuseport eBPF program (select-or-migrate, Linux 5.14+): the kernel
+   * migrates a closing socket's queue and half-open connections to a survivor. Loading
+   * needs CAP_BPF; a program fd handed over with reuseport_set_program() needs nothing.
+   */
+  REUSEPORT_STRATEGY_BPF = 1,
+  /**
+   * net.ipv4.tcp_migrate_req=1 in this network namespace: the same migration, set by
+   * the administrator. Opening fails with -EOPNOTSUPP when it is 0.
+   */
+  REUSEPORT_STRATEGY_SYSCTL = 2,
+  /**
+   * No migration: reuseport_retire() accepts what is queued until the queue stays
+   * empty, hands it to the server, then closes. Nearly lossless, not guaranteed.
+   */
+  REUSEPORT_STRATEGY_DRAIN = 3,
+  /**
+   * Nothing: a closing socket's queue is reset. For comparison.
+   */
+  REUSEPORT_STRATEGY_NONE = 4,
+} reuseport_strategy;
 
 /**
  * An opaque set of listen specs and the listen sockets this process holds for them.
@@ -160,14 +200,27 @@ typedef struct reuseport_probe_info {
    */
   int bpf_errno;
   /**
+   * The strategy the default (REUSEPORT_STRATEGY_AUTO) would give a group this process
+   * opens: a reuseport_strategy value, never AUTO.
+   */
+  int auto_strategy;
+  /**
    * uname -r, NUL-terminated.
    */
   char kernel_release[65];
   /**
-   * What is missing and how to get it, one line each, NUL-terminated (cut at 511 bytes).
+   * Why the default strategy is what it is, then what is missing and how to get it,
+   * one line each, NUL-terminated (cut at 1023 bytes).
    */
-  char notes[512];
+  char notes[1024];
 } reuseport_probe_info;
+
+/**
+ * Receives a connection a draining retire accepted: `fd` (non-blocking, close-on-exec)
+ * now belongs to the callee, who serves it; `index` is the listener it came from.
+ * Return 0 to take it, anything else to refuse it (the library then closes it).
+ */
+typedef int (*reuseport_accept_fn)(int fd, size_t index, void *user);
 
 #ifdef __cplusplus
 extern "C" {
@@ -218,6 +271,33 @@ int reuseport_set_add_addr(struct reuseport_set *set,
  * for NULL. Who: anyone, any time (the master at startup, to log what it will get).
  */
 int reuseport_probe(struct reuseport_probe_info *out);
+
+/**
+ * Sets how a draining retire waits: it stops once the queue has stayed empty for
+ * `grace_ms` (default 20), or after `max_ms` (default 1000). `flags`: 0 or
+ * REUSEPORT_DRAIN_KEEP_BACKLOG. -EINVAL when grace is 0 or above max.
+ */
+int reuseport_set_drain(struct reuseport_set *set,
+                        unsigned int grace_ms,
+                        unsigned int max_ms,
+                        unsigned int flags);
+
+/**
+ * A worker leaving its groups (reload, upgrade, graceful quit): call it instead of
+ * closing the listen sockets yourself, and stop accepting from them.
+ *
+ * With migration (bpf, sysctl) it closes them at once (the kernel moves their queues to
+ * the surviving members) and returns 0. With drain it accepts what is queued, passing
+ * each connection to `on_accept` (required then), and returns a positive number of
+ * milliseconds after which to call it again (sooner when a listen fd is readable); it
+ * returns 0 once the queue has stayed empty for the grace period, or the maximum has
+ * passed, and every socket is closed. Keep serving your other connections between calls.
+ *
+ * The set is then released: it holds no socket, and the fds reuseport_set_fd() returned
+ * are closed. -EINVAL when the set holds no sockets, or drain needs a callback and has
+ * none. Who: any process holding sockets (first worker, other worker, single).
+ */
+int reuseport_retire(struct reuseport_set *set, reuseport_accept_fn on_accept, void *user);
 
 /**
  * Creates an empty set. Returns NULL only when out of memory.
@@ -349,6 +429,49 @@ const char *reuseport_role_name(int role);
  * The library's version, "MAJOR.MINOR.PATCH". Static.
  */
 const char *reuseport_version(void);
+
+/**
+ * Chooses the strategy (a reuseport_strategy value) for the groups this set opens.
+ * Before reuseport_master_open() or reuseport_single_open(); workers inherit it with the
+ * set. -EINVAL for an unknown value, -EALREADY when the set holds sockets.
+ */
+int reuseport_set_strategy(struct reuseport_set *set, int strategy);
+
+/**
+ * The strategy listener `index` actually got when it was opened (never AUTO), or
+ * -ENOENT for a bad index, -EAGAIN when it has not been opened yet. The log (INFO, WARN
+ * for a lossy fallback) says why.
+ */
+int reuseport_set_strategy_of(const struct reuseport_set *set, size_t index);
+
+/**
+ * A static name for a reuseport_strategy value ("auto", "bpf", "sysctl", "drain",
+ * "none"), "invalid" for anything else.
+ */
+const char *reuseport_strategy_name(int strategy);
+
+/**
+ * Parses a strategy name ("auto", "bpf", "sysctl", "drain", "none"), for config files.
+ * Returns the reuseport_strategy value, or -EINVAL.
+ */
+int reuseport_strategy_parse(const char *name);
+
+/**
+ * Hands the set a reuseport migration program fd the caller holds, e.g. one an
+ * unprivileged master inherited across exec from a privileged one, or the previous
+ * generation's set's (reuseport_set_program_fd()). The set keeps its own close-on-exec
+ * duplicate; the caller still owns `prog_fd`. Before opening. -EINVAL when `prog_fd` is
+ * not a reuseport eBPF program.
+ */
+int reuseport_set_program(struct reuseport_set *set, int prog_fd);
+
+/**
+ * The migration program fd the set holds (loaded by its open, or handed over), borrowed:
+ * the set closes it when freed. To keep it across exec, dup() it without FD_CLOEXEC and
+ * give the number to the new binary, which calls reuseport_set_program(). -ENOENT when
+ * the set has none.
+ */
+int reuseport_set_program_fd(const struct reuseport_set *set);
 
 #ifdef __cplusplus
 }  // extern "C"

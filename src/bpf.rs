@@ -7,7 +7,7 @@
 //! SK_PASS without selecting keeps the kernel's hash spreading.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
@@ -83,4 +83,47 @@ pub fn load_migrate_program() -> io::Result<OwnedFd> {
     // promises for every fd it makes.
     // SAFETY: fd was just returned by the kernel and is ours.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches `prog` to the reuseport group of `sock`. The program belongs to the group:
+/// sockets that join later run it too, and attaching again replaces it for the whole
+/// group. Needs no privilege when the caller holds the program fd.
+pub fn attach(sock: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let fd: i32 = prog.as_raw_fd();
+    // SAFETY: an int option on a valid socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_EBPF,
+            &fd as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Takes a program fd handed over by the caller (inherited across fork or exec): checks it
+/// is a reuseport program and keeps a close-on-exec duplicate of it.
+pub fn adopt_program(fd: RawFd) -> Result<OwnedFd, String> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(|e| format!("fd {fd}: {e}"))?;
+    let prog_type = info
+        .lines()
+        .find_map(|l| l.strip_prefix("prog_type:"))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("fd {fd} is not an eBPF program"))?;
+    if prog_type != BPF_PROG_TYPE_SK_REUSEPORT.to_string() {
+        return Err(format!("fd {fd} is an eBPF program of type {prog_type}, not a reuseport program"));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd we own.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(format!("fd {fd}: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: dup is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }

@@ -23,9 +23,12 @@ pub mod log;
 pub mod portowner;
 pub mod probe;
 pub mod resolve;
+pub mod retire;
 pub mod socket;
 pub mod spec;
+pub mod strategy;
 
 pub use error::{Error, Result, Step};
 pub use lifecycle::{Role, Set};
 pub use spec::{Keepalive, ListenSpec, Options};
+pub use strategy::Strategy;

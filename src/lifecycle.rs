@@ -14,14 +14,17 @@
 
 use std::ffi::CStr;
 use std::net::SocketAddr;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use crate::error::{Error, Result, Step};
 use crate::held::HeldSocket;
 use crate::log::{self, Level};
 use crate::resolve;
+use crate::retire;
 use crate::socket;
 use crate::spec::{self, ListenSpec, Options};
+use crate::strategy::{self, Applied, Strategy};
+use crate::{bpf, probe};
 
 /// Where a set stands in the lifecycle; also tells which process is holding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub options: Options,
     pub fd: Option<HeldSocket>,
+    /// How this listener's group keeps a leaving socket's queue; set when it is opened.
+    pub applied: Option<Applied>,
 }
 
 impl Listener {
@@ -83,6 +88,14 @@ pub struct Set {
     /// The process that opened the sockets now held; adopting them there would mean the
     /// caller forgot to fork.
     opener_pid: Option<u32>,
+    strategy: Strategy,
+    /// The migration program, loaded once per set (or handed over by the caller) and
+    /// inherited by the workers forked from it, who attach it when they bind.
+    program: Option<OwnedFd>,
+    /// Why the program could not be loaded (errno), so each listener does not try again.
+    program_error: Option<i32>,
+    pub(crate) drain: retire::DrainTiming,
+    pub(crate) draining: Option<retire::Draining>,
 }
 
 impl Default for Set {
@@ -93,7 +106,16 @@ impl Default for Set {
 
 impl Set {
     pub fn new() -> Self {
-        Set { listeners: Vec::new(), role: Role::Empty, opener_pid: None }
+        Set {
+            listeners: Vec::new(),
+            role: Role::Empty,
+            opener_pid: None,
+            strategy: Strategy::Auto,
+            program: None,
+            program_error: None,
+            drain: retire::DrainTiming::default(),
+            draining: None,
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -123,7 +145,7 @@ impl Set {
             self.check_addable(a)?;
         }
         for a in &addrs {
-            self.listeners.push(Listener { addr: *a, options: spec.options, fd: None });
+            self.listeners.push(Listener { addr: *a, options: spec.options, fd: None, applied: None });
         }
         Ok(addrs.len())
     }
@@ -132,7 +154,7 @@ impl Set {
     pub fn add_addr(&mut self, addr: SocketAddr, options: Options) -> Result<()> {
         options.validate(addr.is_ipv6()).map_err(|e| Error::invalid(format!("{addr}: {}", e.message)))?;
         self.check_addable(&addr)?;
-        self.listeners.push(Listener { addr, options, fd: None });
+        self.listeners.push(Listener { addr, options, fd: None, applied: None });
         Ok(())
     }
 
@@ -295,21 +317,23 @@ impl Set {
         Ok(())
     }
 
-    /// Opens (and optionally configures) a socket for every listener; on failure closes
-    /// those it opened and changes nothing.
+    /// Opens (and optionally configures) a socket for every listener and gives its group
+    /// the set's strategy; on failure closes those it opened and changes nothing.
     fn open_all(&mut self, configure: bool) -> Result<()> {
-        let mut opened: Vec<(OwnedFd, SocketAddr)> = Vec::with_capacity(self.listeners.len());
-        for l in &self.listeners {
-            let fd = socket::open(&l.addr, &l.options)?;
+        let mut opened: Vec<(OwnedFd, SocketAddr, Applied)> = Vec::with_capacity(self.listeners.len());
+        for i in 0..self.listeners.len() {
+            let (addr, options) = (self.listeners[i].addr, self.listeners[i].options);
+            let fd = socket::open(&addr, &options)?;
             if configure {
-                socket::configure(std::os::fd::AsFd::as_fd(&fd), &l.addr, &l.options)?;
+                socket::configure(fd.as_fd(), &addr, &options)?;
             }
-            let bound = socket::local_addr(std::os::fd::AsFd::as_fd(&fd))
-                .map_err(|e| Error::sys(&e, Step::Bind, &l.addr.to_string(), "getsockname"))?;
-            opened.push((fd, bound));
+            let bound = socket::local_addr(fd.as_fd())
+                .map_err(|e| Error::sys(&e, Step::Bind, &addr.to_string(), "getsockname"))?;
+            let applied = self.apply_strategy(fd.as_fd(), &bound)?;
+            opened.push((fd, bound, applied));
         }
         // `opened` drops (and closes) everything on the early returns above.
-        for (l, (fd, bound)) in self.listeners.iter_mut().zip(opened) {
+        for (l, (fd, bound, applied)) in self.listeners.iter_mut().zip(opened) {
             if l.addr.port() == 0 {
                 log::emit(
                     Level::Info,
@@ -325,15 +349,97 @@ impl Set {
             log::emit(
                 Level::Debug,
                 &format!(
-                    "opened {} (fd {}{})",
+                    "opened {} (fd {}{}, strategy {})",
                     l.spec_text(),
                     held.raw(),
-                    if configure { ", configured" } else { ", unconfigured" }
+                    if configure { ", configured" } else { ", unconfigured" },
+                    applied.strategy
                 ),
             );
+            if !applied.strategy.migrates() && self.strategy == Strategy::Auto {
+                log::emit(Level::Warn, &format!("{bound}: {}", applied.reason));
+            }
             l.fd = Some(held);
+            l.applied = Some(applied);
         }
         Ok(())
+    }
+
+    /// Gives the group of `sock` the set's strategy: attaches the migration program when
+    /// asked for or automatic, or checks the sysctl.
+    fn apply_strategy(&mut self, sock: BorrowedFd<'_>, addr: &SocketAddr) -> Result<Applied> {
+        let wants_bpf = matches!(self.strategy, Strategy::Auto | Strategy::Bpf);
+        let bpf_result = if wants_bpf { self.attach_program(sock) } else { Err(libc::ENOENT) };
+        strategy::resolve(self.strategy, bpf_result, probe::tcp_migrate_req())
+            .map_err(|(errno, why)| Error::new(errno, Step::Bpf, format!("{addr}: strategy {}: {why}", self.strategy)))
+    }
+
+    fn attach_program(&mut self, sock: BorrowedFd<'_>) -> std::result::Result<(), i32> {
+        if self.program.is_none() {
+            if let Some(errno) = self.program_error {
+                return Err(errno);
+            }
+            match bpf::load_migrate_program() {
+                Ok(fd) => self.program = Some(fd),
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    self.program_error = Some(errno);
+                    return Err(errno);
+                }
+            }
+        }
+        let prog = self.program.as_ref().expect("loaded above");
+        bpf::attach(sock, prog.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    /// Chooses how this set's groups keep a leaving socket's queue. Before opening.
+    pub fn set_strategy(&mut self, strategy: Strategy) -> Result<()> {
+        self.require_no_sockets("set the strategy")?;
+        self.strategy = strategy;
+        Ok(())
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Uses a migration program the caller holds (inherited across fork or exec from a
+    /// privileged master) instead of loading one: what lets an unprivileged master migrate.
+    pub fn use_program(&mut self, fd: RawFd) -> Result<()> {
+        self.require_no_sockets("set the program")?;
+        let prog = bpf::adopt_program(fd).map_err(|why| Error::new(libc::EINVAL, Step::Bpf, why))?;
+        self.program = Some(prog);
+        self.program_error = None;
+        Ok(())
+    }
+
+    /// The migration program this set holds, if any (borrowed).
+    pub fn program_fd(&self) -> Option<RawFd> {
+        self.program.as_ref().map(|p| p.as_raw_fd())
+    }
+
+    fn require_no_sockets(&self, what: &str) -> Result<()> {
+        match self.role {
+            Role::Empty | Role::Released => Ok(()),
+            r => Err(Error::lifecycle(
+                libc::EALREADY,
+                format!("cannot {what}: the set already holds sockets ({})", r.as_str()),
+            )),
+        }
+    }
+
+    /// Closes every socket this process holds and marks the set released: the end of a
+    /// retire.
+    pub(crate) fn close_for_retire(&mut self) -> usize {
+        let n = self.close_all();
+        self.role = Role::Released;
+        self.opener_pid = None;
+        self.draining = None;
+        n
+    }
+
+    pub(crate) fn listeners_mut(&mut self) -> &mut [Listener] {
+        &mut self.listeners
     }
 
     /// The fd of listener `i`, if this process holds it.

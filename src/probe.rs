@@ -17,8 +17,15 @@ pub struct Probe {
     /// the errno of the attempt.
     pub bpf_reuseport: Result<(), i32>,
     pub kernel_release: String,
+    /// What the default strategy (auto) would give a group opened by this process.
+    pub auto: crate::strategy::Applied,
     /// One line per capability that is missing, with what to do about it.
     pub notes: Vec<String>,
+}
+
+/// net.ipv4.tcp_migrate_req in this network namespace; None when this kernel has none.
+pub fn tcp_migrate_req() -> Option<i32> {
+    fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok().and_then(|s| s.trim().parse().ok())
 }
 
 pub fn probe() -> Probe {
@@ -56,7 +63,9 @@ pub fn probe() -> Probe {
             hint
         ));
     }
-    Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, kernel_release, notes }
+    let auto = crate::strategy::resolve(crate::strategy::Strategy::Auto, bpf_reuseport, tcp_migrate_req)
+        .expect("auto always resolves");
+    Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, kernel_release, auto, notes }
 }
 
 #[cfg(test)]
@@ -69,6 +78,7 @@ mod tests {
         assert_eq!(p.kernel_release, std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim());
         if nix::unistd::geteuid().is_root() {
             assert_eq!(p.bpf_reuseport, Ok(()), "root can load the program on Linux 5.14+: {:?}", p.notes);
+            assert_eq!(p.auto.strategy, crate::strategy::Strategy::Bpf);
         }
     }
 }

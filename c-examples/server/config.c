@@ -26,6 +26,9 @@ void rp_config_defaults(rp_config *cf)
     cf->header_timeout_ms = 10000;
     cf->worker_connections = 4096;
     cf->shutdown_timeout_ms = 10000;
+    cf->strategy = REUSEPORT_STRATEGY_AUTO;
+    cf->drain_grace_ms = 20;
+    cf->drain_max_ms = 1000;
 }
 
 /* "5s", "500ms", "2m", "7" (seconds) */
@@ -96,6 +99,23 @@ static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen
             snprintf(err, errlen, "worker_shutdown_timeout \"%.200s\": a time such as 10s", args);
             return -1;
         }
+    } else if (strcmp(name, "reuseport_strategy") == 0) {
+        int st = reuseport_strategy_parse(args);
+        if (st < 0) {
+            snprintf(err, errlen, "reuseport_strategy \"%.200s\": auto, bpf, sysctl, drain or none", args);
+            return -1;
+        }
+        cf->strategy = st;
+    } else if (strcmp(name, "reuseport_drain") == 0) {
+        char grace[32], max[32], flag[32] = "";
+        int n = sscanf(args, "%31s %31s %31s", grace, max, flag);
+        if (n < 2 || parse_ms(grace, &cf->drain_grace_ms) != 0 || parse_ms(max, &cf->drain_max_ms) != 0
+            || (n == 3 && strcmp(flag, "keep_backlog") != 0)) {
+            snprintf(err, errlen, "reuseport_drain \"%.200s\": a grace period, a maximum and optionally keep_backlog,"
+                     " e.g. 20ms 1s", args);
+            return -1;
+        }
+        cf->drain_flags = n == 3 ? REUSEPORT_DRAIN_KEEP_BACKLOG : 0;
     } else if (strcmp(name, "worker_connections") == 0) {
         long n = strtol(args, &end, 10);
         if (*end || n < 16 || n > 1000000) {

@@ -35,6 +35,10 @@ typedef struct {
     int stopping;  /* sent QUIT or TERM: do not respawn */
 } worker;
 
+/* The environment variable that carries the migration program's fd across an upgrade's
+ * exec. Listen sockets never cross: the new master opens its own. */
+#define RP_PROGRAM_ENV "RPSERVER_REUSEPORT_PROGRAM_FD"
+
 static volatile sig_atomic_t sig_reload, sig_upgrade, sig_winch, sig_quit, sig_terminate, sig_child;
 
 static void on_signal(int sig)
@@ -115,10 +119,24 @@ static void signal_workers(int sig, int only_older_than_current)
     }
 }
 
-/* A new set from the config: specs already opened keep their resolved text (and port). */
+/* A new set from the config: specs already opened keep their resolved text (and port),
+ * and the migration program of the running set (or one handed over across exec) is
+ * reused, so a master that could load it once never needs the privilege again. */
+static int inherited_program = -1;
+
 static reuseport_set *build_set(const rp_config *c)
 {
     reuseport_set *s = reuseport_set_new();
+    if (s && (reuseport_set_strategy(s, c->strategy) < 0
+              || reuseport_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0)) {
+        reuseport_set_free(s);
+        return NULL;
+    }
+    int prog = set ? reuseport_set_program_fd(set) : inherited_program;
+    if (s && prog >= 0 && reuseport_set_program(s, prog) < 0) {
+        reuseport_set_free(s);
+        return NULL;
+    }
     for (int i = 0; s && i < c->n_listen; i++) {
         const char *spec = c->listen[i];
         for (int r = 0; r < n_resolved; r++)
@@ -155,6 +173,12 @@ static int start_generation(void)
     }
     remember_resolved(&cf, set);
     generation++;
+    for (int i = 0; i < reuseport_set_count(set); i++) {
+        char spec[RP_SPEC_LEN];
+        reuseport_set_spec(set, (size_t)i, spec, sizeof spec);
+        rp_log("event=strategy gen=%u listen=%s strategy=%s", generation, strtok(spec, " "),
+               reuseport_strategy_name(reuseport_set_strategy_of(set, (size_t)i)));
+    }
     for (int i = 0; i < cf.worker_processes; i++)
         spawn_worker();
     rp_log("event=generation gen=%u workers=%d listeners=%d", generation, cf.worker_processes, reuseport_set_count(set));
@@ -242,6 +266,16 @@ static void upgrade(void)
     }
     pid_t pid = fork();
     if (pid == 0) {
+        /* The migration program (not a listen socket) crosses exec, so that a new binary
+         * started without CAP_BPF can still attach it. */
+        int prog = reuseport_set_program_fd(set);
+        if (prog >= 0) {
+            int keep = dup(prog);  /* dup() clears FD_CLOEXEC */
+            char num[16];
+            snprintf(num, sizeof num, "%d", keep);
+            if (keep >= 0)
+                setenv(RP_PROGRAM_ENV, num, 1);
+        }
         /* The signal mask stays blocked across exec (the handlers reset to default); the
          * new master installs its own before it unblocks them. Every fd the library made is close-on-exec: the new master inherits no listener
          * and opens its own, joining the same groups. */
@@ -378,8 +412,17 @@ int main(int argc, char **argv)
     if (signal_name)
         return send_signal(signal_name);
 
-    reuseport_set_log_callback(rp_log_library, NULL, REUSEPORT_LOG_WARN);
+    reuseport_set_log_callback(rp_log_library, NULL, REUSEPORT_LOG_INFO);
+    const char *handed = getenv(RP_PROGRAM_ENV);
+    if (handed) {
+        inherited_program = atoi(handed);
+        unsetenv(RP_PROGRAM_ENV);
+    }
     set = build_set(&cf);
+    if (inherited_program >= 0) {
+        close(inherited_program);  /* the set keeps its own duplicate */
+        inherited_program = -1;
+    }
     if (!set)
         return 1;
     if (test_only) {

@@ -29,6 +29,9 @@ typedef struct {
     int header_timeout_ms;    /* a request must arrive within this */
     int worker_connections;   /* per worker; the oldest idle connection makes room */
     int shutdown_timeout_ms;  /* a gracefully stopping worker gives up after this */
+    int strategy;             /* reuseport_strategy: how a leaving worker's queue is kept */
+    int drain_grace_ms, drain_max_ms;
+    unsigned drain_flags;     /* REUSEPORT_DRAIN_KEEP_BACKLOG or 0 */
 } rp_config;
 
 /* Per-worker counters in memory shared with the master (MAP_SHARED before fork), so the

@@ -280,6 +280,22 @@ static void conn_read(conn *c)
     }
 }
 
+static void conn_start(conn *c, int fd)
+{
+    memset(c, 0, offsetof(conn, in));
+    c->kind = KIND_CONN;
+    c->fd = fd;
+    c->in_use = 1;
+    c->last_active = now_ms();
+    c->deadline = c->last_active + cf->header_timeout_ms;
+    active_conns++;
+    stats->accepted++;
+    set_in_flight(c, 1);
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    conn_read(c);  /* with deferred accept the request is already here */
+}
+
 static void accept_from(listener *l)
 {
     for (int i = 0; i < 64; i++) {
@@ -294,19 +310,20 @@ static void accept_from(listener *l)
                 listeners_enable(0);
             return;
         }
-        memset(c, 0, offsetof(conn, in));
-        c->kind = KIND_CONN;
-        c->fd = fd;
-        c->in_use = 1;
-        c->last_active = now_ms();
-        c->deadline = c->last_active + cf->header_timeout_ms;
-        active_conns++;
-        stats->accepted++;
-        set_in_flight(c, 1);
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-        conn_read(c);  /* with deferred accept the request is already here */
+        conn_start(c, fd);
     }
+}
+
+/* A drain hands over connections it accepted while the worker leaves its groups. */
+static int take_drained(int fd, size_t index, void *user)
+{
+    (void)index;
+    (void)user;
+    conn *c = conn_slot();
+    if (!c)
+        return -1;  /* the library closes it */
+    conn_start(c, fd);
+    return 0;
 }
 
 static void expire(int64_t now)
@@ -398,22 +415,28 @@ void rp_worker_run(const rp_config *config, reuseport_set *set, int first, unsig
     sigprocmask(SIG_SETMASK, &blocked, NULL);
     sigemptyset(&during_wait);
 
-    int64_t quit_deadline = 0, next_sweep = now_ms() + 200;
+    int64_t quit_deadline = 0, next_sweep = now_ms() + 200, retire_again = 0;
     for (;;) {
         if (terminate_requested)
             _exit(0);
-        if (quit_requested && set) {
-            /* Leave the group first: from here on the kernel sends new connections to the
-             * other members (and, with migration on, moves this socket's queue to them). */
-            for (int i = 0; i < n_listeners; i++)
-                epoll_ctl(ep, EPOLL_CTL_DEL, listeners[i].fd, NULL);
-            reuseport_set_free(set);
-            set = NULL;
-            n_listeners = 0;
-            quit_deadline = now_ms() + cf->shutdown_timeout_ms;
-            rp_log("event=worker_quit gen=%u connections=%d", gen, active_conns);
+        if (quit_requested && set && (retire_again == 0 || now_ms() >= retire_again)) {
+            /* Leave the groups first. With migration the library closes the listeners and
+             * the kernel moves their queues to the other members; with drain it hands us
+             * what is queued until the queue stays empty, then closes. */
+            if (retire_again == 0)
+                listeners_enable(1);
+            int rc = reuseport_retire(set, take_drained, NULL);
+            if (rc > 0) {
+                retire_again = now_ms() + rc;
+            } else {
+                reuseport_set_free(set);
+                set = NULL;
+                n_listeners = 0;
+                quit_deadline = now_ms() + cf->shutdown_timeout_ms;
+                rp_log("event=worker_quit gen=%u connections=%d", gen, active_conns);
+            }
         }
-        if (quit_requested && (active_conns == 0 || now_ms() >= quit_deadline)) {
+        if (quit_requested && !set && (active_conns == 0 || now_ms() >= quit_deadline)) {
             if (active_conns)
                 rp_log("worker: shutdown timeout with %d connections open", active_conns);
             _exit(0);
@@ -422,11 +445,13 @@ void rp_worker_run(const rp_config *config, reuseport_set *set, int first, unsig
             listeners_enable(1);
 
         struct epoll_event evs[64];
-        int n = epoll_pwait(ep, evs, 64, 100, &during_wait);
+        int n = epoll_pwait(ep, evs, 64, set && quit_requested ? 5 : 100, &during_wait);
         for (int i = 0; i < n; i++) {
             int kind = *(int *)evs[i].data.ptr;
             if (kind == KIND_LISTEN) {
-                if (set)
+                if (set && quit_requested)
+                    retire_again = 1;  /* a draining retire takes it on the next turn */
+                else if (set)
                     accept_from(evs[i].data.ptr);
                 continue;
             }

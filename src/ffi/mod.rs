@@ -9,7 +9,9 @@ pub mod error;
 pub mod log;
 pub mod options;
 pub mod probe;
+pub mod retire;
 pub mod set;
+pub mod strategy;
 
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,6 +25,16 @@ pub(crate) fn guard(function: &str, body: impl FnOnce() -> crate::Result<c_int>)
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => fail(function, e),
+        Err(panic) => fail(function, panic_error(function, panic)),
+    }
+}
+
+/// Like [`guard`] for accessors, whose "not there" answers (-ENOENT, -EBADF, -EAGAIN) are
+/// part of normal use: the message is recorded but logged only at debug level.
+pub(crate) fn guard_query(function: &str, body: impl FnOnce() -> crate::Result<c_int>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => record(function, e, Level::Debug),
         Err(panic) => fail(function, panic_error(function, panic)),
     }
 }
@@ -43,8 +55,12 @@ pub(crate) fn guard_or<T>(function: &str, fallback: T, body: impl FnOnce() -> cr
 }
 
 fn fail(function: &str, e: Error) -> c_int {
+    record(function, e, Level::Error)
+}
+
+fn record(function: &str, e: Error, level: Level) -> c_int {
     let message = format!("{function}: {}", e.message);
-    crate::log::emit(Level::Error, &message);
+    crate::log::emit(level, &message);
     error::set_last(&message);
     -e.errno.abs().max(1)
 }

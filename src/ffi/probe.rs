@@ -20,10 +20,14 @@ pub struct reuseport_probe_info {
     pub bpf_reuseport: c_int,
     /// The errno of that load attempt when bpf_reuseport is 0 (EPERM: not privileged).
     pub bpf_errno: c_int,
+    /// The strategy the default (REUSEPORT_STRATEGY_AUTO) would give a group this process
+    /// opens: a reuseport_strategy value, never AUTO.
+    pub auto_strategy: c_int,
     /// uname -r, NUL-terminated.
     pub kernel_release: [c_char; 65],
-    /// What is missing and how to get it, one line each, NUL-terminated (cut at 511 bytes).
-    pub notes: [c_char; 512],
+    /// Why the default strategy is what it is, then what is missing and how to get it,
+    /// one line each, NUL-terminated (cut at 1023 bytes).
+    pub notes: [c_char; 1024],
 }
 
 fn copy_cstr(dst: &mut [c_char], src: &str) {
@@ -47,8 +51,11 @@ pub extern "C" fn reuseport_probe(out: *mut reuseport_probe_info) -> c_int {
         out.tcp_migrate_req = p.tcp_migrate_req.unwrap_or(-1);
         out.bpf_reuseport = p.bpf_reuseport.is_ok() as c_int;
         out.bpf_errno = p.bpf_reuseport.err().unwrap_or(0);
+        out.auto_strategy = super::strategy::strategy_code(p.auto.strategy);
         copy_cstr(&mut out.kernel_release, &p.kernel_release);
-        copy_cstr(&mut out.notes, &p.notes.join("\n"));
+        let mut lines = vec![format!("strategy auto -> {}: {}", p.auto.strategy, p.auto.reason)];
+        lines.extend(p.notes.iter().cloned());
+        copy_cstr(&mut out.notes, &lines.join("\n"));
         Ok(0)
     })
 }

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_int};
 
-use super::{c_str, guard, guard_or};
+use super::{c_str, guard, guard_or, guard_query};
 use crate::error::{Error, Step};
 use crate::lifecycle::{Listener, Role, Set};
 
@@ -57,7 +57,7 @@ pub(crate) fn set_mut<'a>(p: *mut reuseport_set) -> crate::Result<&'a mut Set> {
     unsafe { p.as_mut() }.map(|s| &mut s.set).ok_or_else(|| Error::invalid("the set is NULL"))
 }
 
-fn listener_at(set: &Set, index: usize) -> crate::Result<&Listener> {
+pub(crate) fn listener_at(set: &Set, index: usize) -> crate::Result<&Listener> {
     set.listeners().get(index).ok_or_else(|| {
         Error::new(
             libc::ENOENT,
@@ -185,7 +185,7 @@ pub extern "C" fn reuseport_single_open(set: *mut reuseport_set) -> c_int {
 /// Number of listeners in the set (held or not), or -EINVAL for NULL.
 #[no_mangle]
 pub extern "C" fn reuseport_set_count(set: *const reuseport_set) -> c_int {
-    guard("reuseport_set_count", || Ok(set_ref(set)?.listeners().len() as c_int))
+    guard_query("reuseport_set_count", || Ok(set_ref(set)?.listeners().len() as c_int))
 }
 
 /// The listen fd of listener `index` in this process, borrowed: the set still owns it and
@@ -193,7 +193,7 @@ pub extern "C" fn reuseport_set_count(set: *const reuseport_set) -> c_int {
 /// range, -EBADF when this process holds no socket for it (not opened yet, or released).
 #[no_mangle]
 pub extern "C" fn reuseport_set_fd(set: *const reuseport_set, index: usize) -> c_int {
-    guard("reuseport_set_fd", || {
+    guard_query("reuseport_set_fd", || {
         let set = set_ref(set)?;
         let l = listener_at(set, index)?;
         set.fd(index).ok_or_else(|| {
@@ -213,7 +213,7 @@ pub extern "C" fn reuseport_set_fd(set: *const reuseport_set, index: usize) -> c
 /// means it was cut. `buf` may be NULL when `len` is 0. -ENOENT for a bad index.
 #[no_mangle]
 pub extern "C" fn reuseport_set_spec(set: *const reuseport_set, index: usize, buf: *mut c_char, len: usize) -> c_int {
-    guard("reuseport_set_spec", || {
+    guard_query("reuseport_set_spec", || {
         let set = set_ref(set)?;
         let l = listener_at(set, index)?;
         if buf.is_null() && len > 0 {
@@ -235,7 +235,7 @@ pub extern "C" fn reuseport_set_spec(set: *const reuseport_set, index: usize, bu
 /// The set's role, a reuseport_role value, or -EINVAL for NULL.
 #[no_mangle]
 pub extern "C" fn reuseport_set_role(set: *const reuseport_set) -> c_int {
-    guard("reuseport_set_role", || Ok(reuseport_role::from(set_ref(set)?.role()) as c_int))
+    guard_query("reuseport_set_role", || Ok(reuseport_role::from(set_ref(set)?.role()) as c_int))
 }
 
 /// A static name for a reuseport_role value ("master-open", "adopted"...), "invalid" for

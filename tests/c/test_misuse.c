@@ -145,6 +145,19 @@ static reuseport_set *new_set(void)
     return s;
 }
 
+/* A set that holds nothing but its listen sockets: with the default strategy a root
+ * process also holds the migration program's fd, which the exact fd counts below would
+ * have to allow for. (The final count still checks that program fds are freed.) */
+static reuseport_set *new_sockets_only_set(void)
+{
+    reuseport_set *s = new_set();
+    if (reuseport_set_strategy(s, REUSEPORT_STRATEGY_NONE) != 0) {
+        fprintf(stderr, "reuseport_set_strategy(NONE) failed: %s\n", reuseport_last_error());
+        exit(2);
+    }
+    return s;
+}
+
 /* ---- log callback ---------------------------------------------------------------- */
 
 struct log_capture {
@@ -349,7 +362,7 @@ static void test_lifecycle_order(void)
     CHECK(reuseport_set_role(e) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_role(e));
     reuseport_set_free(e);
 
-    reuseport_set *s = new_set();
+    reuseport_set *s = new_sockets_only_set();
     EXPECT_OK(reuseport_set_add(s, "127.0.0.1:0"), 1);
 
     /* Before any open. */
@@ -498,7 +511,7 @@ static int child_adopt_closed(reuseport_set *s)
 static void test_adopt_after_fork(void)
 {
     int fds0 = count_fds();
-    reuseport_set *s = new_set();
+    reuseport_set *s = new_sockets_only_set();
     EXPECT_OK(reuseport_set_add(s, "127.0.0.1:0"), 1);
     EXPECT_OK(reuseport_set_add(s, "127.0.0.1:0 backlog=16"), 1);
     EXPECT_OK(reuseport_master_open(s), 0);
@@ -535,7 +548,7 @@ static void test_all_or_nothing(void)
     snprintf(spec, sizeof spec, "127.0.0.1:%u", port);
     snprintf(portstr, sizeof portstr, "%u", port);
 
-    reuseport_set *s = new_set();
+    reuseport_set *s = new_sockets_only_set();
     EXPECT_OK(reuseport_set_add(s, "127.0.0.1:0"), 1);
     EXPECT_OK(reuseport_set_add(s, spec), 1);
 

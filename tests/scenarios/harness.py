@@ -96,27 +96,41 @@ class Server:
         self.listens = []
         self.proc = None
 
+    strategy = "auto"
+    unprivileged_master = False
+
     def configure(self, workers, listens, extra=""):
         self.listens = listens
         # As root, workers drop to nobody: their sockets must be made before that.
-        user = "user nobody;\n" if os.getuid() == 0 else ""
+        user = "user nobody;\n" if os.getuid() == 0 and not self.unprivileged_master else ""
         with open(self.conf + ".tmp", "w") as f:
             f.write(f"worker_processes {workers};\n{user}pid {self.pid_path};\nerror_log {self.log};\n")
-            f.write("keepalive_timeout 2s;\nworker_shutdown_timeout 5s;\n" + extra)
+            # "drain-keep-backlog": drain without shrinking the backlog, to measure what
+            # the shrink (SYN cookies for new handshakes) is worth.
+            strategy = "drain" if self.strategy == "drain-keep-backlog" else self.strategy
+            f.write(f"keepalive_timeout 2s;\nworker_shutdown_timeout 5s;\nreuseport_strategy {strategy};\n")
+            if self.strategy == "drain-keep-backlog":
+                f.write("reuseport_drain 20ms 1s keep_backlog;\n")
+            f.write(extra)
             for spec in listens:
                 f.write(f"listen {spec};\n")
         os.replace(self.conf + ".tmp", self.conf)
         self.workers = workers
 
-    def start(self):
-        self.proc = subprocess.Popen([self.binary, "-c", self.conf], stdin=subprocess.DEVNULL)
+    def start(self, prefix=()):
+        self.proc = subprocess.Popen(list(prefix) + [self.binary, "-c", self.conf], stdin=subprocess.DEVNULL)
         wait_for(lambda: os.path.exists(self.pid_path), 10, "the pid file")
         self.wait_settled(self.master())
 
     def master(self, oldbin=False):
+        """The pid in the pid file, or None while it does not exist (an upgrade's master
+        renames it) or is being written."""
         path = self.pid_path + (".oldbin" if oldbin else "")
-        with open(path) as f:
-            return int(f.read())
+        try:
+            with open(path) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def events(self):
         """The log's event lines as dicts, with the logging pid as 'by'."""
@@ -189,7 +203,7 @@ class Server:
         check(listen_sockets_of(master) == [], f"master {master} holds listen sockets {listen_sockets_of(master)}")
         seen = {}
         for pid in self.workers_of(master):
-            if os.getuid() == 0:
+            if os.getuid() == 0:  # workers of a root master drop to nobody; others are nobody already
                 check(uid_of(pid) == 65534, f"worker {pid} runs as uid {uid_of(pid)}, not nobody")
             held = listen_sockets_of(pid)
             check(len(held) == len(self.listens), f"worker {pid} holds {len(held)} listen sockets, expected {len(self.listens)}")

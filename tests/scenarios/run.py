@@ -2,16 +2,17 @@
 """Lifecycle scenarios: rpserver under continuous load from loadclient, one scenario per
 run, inside a private network namespace (tests/c/in-netns.sh puts us there).
 
-Every scenario runs with net.ipv4.tcp_migrate_req set as asked (the namespace's own
-copy). With migration on, no connection may fail, except that a killed (SIGKILL) or
+Every scenario runs with a reuseport strategy (how a leaving worker's queue is kept) and
+net.ipv4.tcp_migrate_req set as asked (the namespace's own copy). With a migrating
+strategy (bpf, sysctl), no connection may fail, except that a killed (SIGKILL) or
 fast-stopped (TERM) worker loses what it had already accepted: the server counts that per
-worker, and client failures may never exceed it. With migration off, the failures are
-recorded (they are the baseline) and only what holds there is asserted.
+worker, and client failures may never exceed it. With drain and none, the failures are
+recorded (none is the baseline) and only what holds there is asserted.
 
 After the events, the processes must hold exactly the sockets the design says: the
 master none, every worker one listening socket per address.
 
-Usage: run.py --server PATH --client PATH --migrate 0|1 [--results FILE] SCENARIO
+Usage: run.py --server PATH --client PATH --strategy S --sysctl 0|1 [--results FILE] SCENARIO
 """
 
 import argparse
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from harness import PORT, Failure, Load, Server, check, fds_of, listen_sockets_of, wait_for
+from harness import PORT, Failure, Load, Server, check, fds_of, listen_sockets_of, uid_of, wait_for
 
 SCENARIOS = {}
 
@@ -272,6 +273,34 @@ def bad_input(srv, ctx):
     srv.check_sockets(srv.master())
 
 
+@scenario
+def unprivileged(srv, ctx):
+    """A master running as nobody, handed the migration program by a root launcher across
+    exec, reloads and upgrades (its new binary gets the program across exec too)."""
+    check(ctx.args.launcher, "needs --launcher")
+    os.chmod(srv.dir, 0o777)
+    srv.unprivileged_master = True
+    srv.configure(2, [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"])
+    srv.start(prefix=[ctx.args.launcher, "RPSERVER_REUSEPORT_PROGRAM_FD", "nobody"])
+    master = srv.master()
+    check(uid_of(master) == 65534, f"the master runs as uid {uid_of(master)}")
+    load = ctx.load(targets=[f"127.0.0.1:{PORT}", f"[::1]:{PORT}"])
+    time.sleep(0.5)
+    for _ in range(3):
+        srv.reload(master)
+        time.sleep(0.3)
+    old, new = start_upgrade(srv)
+    check(uid_of(new) == 65534, f"the new master runs as uid {uid_of(new)}")
+    srv.signal(old, signal.SIGWINCH)
+    srv.wait_settled(old, 0)
+    time.sleep(0.3)
+    srv.signal(old, signal.SIGQUIT)
+    srv.wait_exit(old)
+    time.sleep(0.3)
+    ctx.result = load.stop()
+    srv.check_sockets(new)
+
+
 class Context:
     def __init__(self, args, workdir):
         self.args, self.workdir, self.result = args, workdir, None
@@ -288,16 +317,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--server", required=True)
     p.add_argument("--client", required=True)
-    p.add_argument("--migrate", type=int, choices=(0, 1), required=True)
+    p.add_argument("--strategy", choices=("auto", "bpf", "sysctl", "drain", "drain-keep-backlog", "none"),
+                   required=True)
+    p.add_argument("--sysctl", type=int, choices=(0, 1), required=True, help="net.ipv4.tcp_migrate_req")
     p.add_argument("--results", help="append a JSON line with the counts to this file")
+    p.add_argument("--launcher", help="tests/c/launch_unprivileged, for the unprivileged scenario")
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     args = p.parse_args()
 
     with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
-        f.write(str(args.migrate))
-    name = f"{args.scenario} (tcp_migrate_req={args.migrate})"
+        f.write(str(args.sysctl))
+    name = f"{args.scenario} (strategy {args.strategy}, tcp_migrate_req={args.sysctl})"
     workdir = tempfile.mkdtemp(prefix=f"rp-{args.scenario}-")
     srv = Server(args.server, workdir)
+    srv.strategy = args.strategy
     ctx = Context(args, workdir)
     passed = True
     try:
@@ -311,14 +344,18 @@ def main():
         print(summary)
         if args.results:
             with open(args.results, "a") as f:
-                f.write(json.dumps({"scenario": args.scenario, "tcp_migrate_req": args.migrate,
-                                    "in_flight_at_death": lost, **r}) + "\n")
-        if args.migrate:
+                f.write(json.dumps({"scenario": args.scenario, "strategy": args.strategy,
+                                    "tcp_migrate_req": args.sysctl, "in_flight_at_death": lost, **r}) + "\n")
+        got = {ev.get("strategy") for ev in srv.events() if ev["event"] == "strategy"}
+        if args.strategy != "auto":
+            expected = args.strategy.split("-")[0]
+            check(got == {expected}, f"the server's listeners got strategies {got}, not {expected}")
+        if args.strategy in ("bpf", "sysctl"):
             # Nothing that waited in a listen queue may be lost; only what a dead process
             # had already accepted.
             check(failed <= lost, f"{failed} connections failed, but dead workers had only {lost} in flight")
         else:
-            print(f"{name}: baseline recorded, {failed} failed without migration")
+            print(f"{name}: recorded, {failed} failed without migration")
     except Failure as e:
         passed = False
         print(f"{name}: FAILED: {e}", file=sys.stderr)

@@ -1,0 +1,148 @@
+//! How a group keeps the connections queued on a leaving socket: the strategy a set asks
+//! for, and the one each listener got, with the reason.
+//!
+//! - `Bpf`: the library's reuseport eBPF program (select-or-migrate) is attached to the
+//!   group; the kernel migrates a closing listener's queue and half-open requests to a
+//!   surviving member. Needs CAP_BPF to load, nothing to attach an inherited program.
+//! - `Sysctl`: net.ipv4.tcp_migrate_req is 1 in this network namespace: the same
+//!   migration, switched on system-wide by the administrator.
+//! - `Drain`: neither is available; a retiring worker accepts what is queued until its
+//!   queue stays empty, hands those connections to the server, then closes. Connections
+//!   arriving in the instant of the close, or still in their handshake, may be reset.
+//! - `None`: close and let the kernel reset the queue (for comparison).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The eBPF program where it can be loaded or attached; else the sysctl when it is
+    /// already 1; else drain.
+    #[default]
+    Auto,
+    Bpf,
+    Sysctl,
+    Drain,
+    None,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 5] = [Strategy::Auto, Strategy::Bpf, Strategy::Sysctl, Strategy::Drain, Strategy::None];
+
+    pub fn name(self) -> &'static std::ffi::CStr {
+        match self {
+            Strategy::Auto => c"auto",
+            Strategy::Bpf => c"bpf",
+            Strategy::Sysctl => c"sysctl",
+            Strategy::Drain => c"drain",
+            Strategy::None => c"none",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.name().to_str().expect("ASCII names")
+    }
+
+    /// Whether the kernel itself moves a closing listener's queue to a survivor.
+    pub fn migrates(self) -> bool {
+        matches!(self, Strategy::Bpf | Strategy::Sysctl)
+    }
+
+    pub fn parse(text: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The strategy a listener got, and why, in words for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub strategy: Strategy,
+    pub reason: String,
+}
+
+/// What `Auto` and the explicit choices resolve to, given what the eBPF attempt gave
+/// (`Ok` or the errno) and the sysctl (None: this kernel has none). Pure, so every branch
+/// is tested without privileges.
+pub fn resolve(requested: Strategy, bpf: Result<(), i32>, sysctl: Option<i32>) -> Result<Applied, (i32, String)> {
+    let bpf_why = |errno: i32| {
+        match errno {
+        libc::EPERM | libc::EACCES => "loading a reuseport eBPF program needs CAP_BPF (run the master as root, or hand it an inherited program fd)".to_string(),
+        libc::EINVAL => "this kernel lacks the select-or-migrate attach type (Linux 5.14 or later)".to_string(),
+        e => format!("the eBPF program could not be loaded or attached: {}", crate::error::strerror(e)),
+    }
+    };
+    let sysctl_text = match sysctl {
+        Some(v) => format!("net.ipv4.tcp_migrate_req is {v}"),
+        None => "this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14 or later)".to_string(),
+    };
+    let applied = |strategy, reason: String| Ok(Applied { strategy, reason });
+    match requested {
+        Strategy::Bpf => match bpf {
+            Ok(()) => applied(Strategy::Bpf, "the reuseport eBPF program is attached: queued connections migrate".into()),
+            Err(e) => Err((e, bpf_why(e))),
+        },
+        Strategy::Sysctl => match sysctl {
+            Some(1) => applied(Strategy::Sysctl, "net.ipv4.tcp_migrate_req is 1: queued connections migrate".into()),
+            _ => Err((libc::EOPNOTSUPP, format!("{sysctl_text}: set it to 1 in this network namespace, or use the bpf strategy"))),
+        },
+        Strategy::Drain => applied(Strategy::Drain, "asked for: a retiring worker drains its queue before closing".into()),
+        Strategy::None => applied(Strategy::None, "asked for: a closing listener resets its queue".into()),
+        Strategy::Auto => match (bpf, sysctl) {
+            (Ok(()), _) => applied(Strategy::Bpf, "the reuseport eBPF program is attached: queued connections migrate".into()),
+            (Err(_), Some(1)) => applied(Strategy::Sysctl, "net.ipv4.tcp_migrate_req is 1: queued connections migrate".into()),
+            (Err(e), _) => applied(
+                Strategy::Drain,
+                format!(
+                    "no migration ({}; {sysctl_text}): a retiring worker drains its queue, but connections arriving as it closes may be reset; to fix, {} or set net.ipv4.tcp_migrate_req=1",
+                    bpf_why(e),
+                    "run the master with CAP_BPF"
+                ),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_prefers_bpf_then_sysctl_then_drain() {
+        assert_eq!(resolve(Strategy::Auto, Ok(()), Some(0)).unwrap().strategy, Strategy::Bpf);
+        assert_eq!(resolve(Strategy::Auto, Err(libc::EPERM), Some(1)).unwrap().strategy, Strategy::Sysctl);
+        let d = resolve(Strategy::Auto, Err(libc::EPERM), Some(0)).unwrap();
+        assert_eq!(d.strategy, Strategy::Drain);
+        assert!(d.reason.contains("CAP_BPF") && d.reason.contains("tcp_migrate_req=1"), "{}", d.reason);
+        let old = resolve(Strategy::Auto, Err(libc::EINVAL), None).unwrap();
+        assert_eq!(old.strategy, Strategy::Drain);
+        assert!(old.reason.contains("5.14"), "{}", old.reason);
+    }
+
+    #[test]
+    fn explicit_choices_fail_with_the_fix() {
+        let (errno, why) = resolve(Strategy::Bpf, Err(libc::EPERM), Some(1)).unwrap_err();
+        assert_eq!(errno, libc::EPERM);
+        assert!(why.contains("CAP_BPF"), "{why}");
+        let (errno, why) = resolve(Strategy::Sysctl, Ok(()), Some(0)).unwrap_err();
+        assert_eq!(errno, libc::EOPNOTSUPP);
+        assert!(why.contains("tcp_migrate_req is 0"), "{why}");
+        assert_eq!(resolve(Strategy::Sysctl, Err(libc::EPERM), Some(1)).unwrap().strategy, Strategy::Sysctl);
+        assert_eq!(resolve(Strategy::Drain, Ok(()), Some(1)).unwrap().strategy, Strategy::Drain);
+        assert_eq!(resolve(Strategy::None, Ok(()), Some(1)).unwrap().strategy, Strategy::None);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Strategy::parse("bogus"), None);
+        assert!(Strategy::Bpf.migrates() && Strategy::Sysctl.migrates());
+        assert!(!Strategy::Drain.migrates() && !Strategy::None.migrates());
+    }
+}
