@@ -104,7 +104,8 @@ typedef enum reuseport_strategy {
   REUSEPORT_STRATEGY_SYSCTL = 2,
   /**
    * No migration: reuseport_retire() accepts what is queued until the queue stays
-   * empty, hands it to the server, then closes. Nearly lossless, not guaranteed.
+   * empty, hands it to the server, then closes. Connections still in their handshake,
+   * and with `deferred` those whose client has sent no data yet, are lost.
    */
   REUSEPORT_STRATEGY_DRAIN = 3,
   /**
@@ -275,7 +276,9 @@ int reuseport_probe(struct reuseport_probe_info *out);
 /**
  * Sets how a draining retire waits: it stops once the queue has stayed empty for
  * `grace_ms` (default 20), or after `max_ms` (default 1000). `flags`: 0 or
- * REUSEPORT_DRAIN_KEEP_BACKLOG. -EINVAL when grace is 0 or above max.
+ * REUSEPORT_DRAIN_KEEP_BACKLOG (listeners with `deferred` always keep theirs: their
+ * connections need accept-queue room when their data arrives). -EINVAL when grace is 0
+ * or above max.
  */
 int reuseport_set_drain(struct reuseport_set *set,
                         unsigned int grace_ms,
@@ -438,8 +441,9 @@ const char *reuseport_version(void);
 int reuseport_set_strategy(struct reuseport_set *set, int strategy);
 
 /**
- * The strategy listener `index` actually got when it was opened (never AUTO), or
- * -ENOENT for a bad index, -EAGAIN when it has not been opened yet. The log (INFO, WARN
+ * The strategy listener `index` actually got when it was last opened in this set (never
+ * AUTO; still answered after a retire), or -ENOENT for a bad index, -EAGAIN when it has
+ * not been opened yet. The log (INFO, WARN
  * for a lossy fallback) says why.
  */
 int reuseport_set_strategy_of(const struct reuseport_set *set, size_t index);
@@ -461,7 +465,8 @@ int reuseport_strategy_parse(const char *name);
  * unprivileged master inherited across exec from a privileged one, or the previous
  * generation's set's (reuseport_set_program_fd()). The set keeps its own close-on-exec
  * duplicate; the caller still owns `prog_fd`. Before opening. -EINVAL when `prog_fd` is
- * not a reuseport eBPF program.
+ * not the library's migration program (checked by type and name: a reuseport program
+ * loaded for plain selection would attach but migrate nothing).
  */
 int reuseport_set_program(struct reuseport_set *set, int prog_fd);
 

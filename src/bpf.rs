@@ -57,7 +57,7 @@ pub fn load_migrate_program() -> io::Result<OwnedFd> {
     ];
     let license = b"GPL\0";
     let mut name = [0u8; 16];
-    name[..13].copy_from_slice(b"reuseport_mig");
+    name[..PROGRAM_NAME.len()].copy_from_slice(PROGRAM_NAME);
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SK_REUSEPORT,
         insn_cnt: insns.len() as u32,
@@ -107,17 +107,85 @@ pub fn attach(sock: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// The name the library loads its program under; how a handed-over fd is recognised.
+const PROGRAM_NAME: &[u8] = b"reuseport_mig";
+
+/// The head of struct bpf_prog_info, up to the program's name.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfoHead {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+}
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+fn prog_info(fd: RawFd) -> io::Result<ProgInfoHead> {
+    let mut info = ProgInfoHead::default();
+    let attr = InfoByFdAttr {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+        info: &mut info as *mut ProgInfoHead as u64,
+    };
+    // SAFETY: attr and info are live for the call; the kernel writes at most info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoByFdAttr,
+            std::mem::size_of::<InfoByFdAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(info)
+    }
+}
+
 /// Takes a program fd handed over by the caller (inherited across fork or exec): checks it
-/// is a reuseport program and keeps a close-on-exec duplicate of it.
+/// is the library's migration program and keeps a close-on-exec duplicate of it.
+///
+/// The kernel does not report a program's attach type, and a reuseport program loaded
+/// for plain selection would attach fine but migrate nothing; the library therefore
+/// accepts only a program loaded under its own name.
 pub fn adopt_program(fd: RawFd) -> Result<OwnedFd, String> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(|e| format!("fd {fd}: {e}"))?;
-    let prog_type = info
-        .lines()
-        .find_map(|l| l.strip_prefix("prog_type:"))
-        .map(|v| v.trim().to_string())
-        .ok_or_else(|| format!("fd {fd} is not an eBPF program"))?;
-    if prog_type != BPF_PROG_TYPE_SK_REUSEPORT.to_string() {
-        return Err(format!("fd {fd} is an eBPF program of type {prog_type}, not a reuseport program"));
+    // SAFETY: fcntl(F_GETFD) on any int only reports whether it is open.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("fd {fd} is not open"));
+    }
+    let info = prog_info(fd).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL | libc::EBADF) => format!("fd {fd} is not an eBPF program"),
+        _ => format!(
+            "fd {fd}: cannot read the eBPF program's info: {}",
+            crate::error::strerror(e.raw_os_error().unwrap_or(libc::EIO))
+        ),
+    })?;
+    if info.prog_type != BPF_PROG_TYPE_SK_REUSEPORT {
+        return Err(format!("fd {fd} is an eBPF program of type {}, not a reuseport program", info.prog_type));
+    }
+    let name_len = info.name.iter().position(|&b| b == 0).unwrap_or(info.name.len());
+    if &info.name[..name_len] != PROGRAM_NAME {
+        return Err(format!(
+            "fd {fd} is a reuseport program named \"{}\", not the library's migration program (pass the fd of reuseport_set_program_fd())",
+            String::from_utf8_lossy(&info.name[..name_len])
+        ));
     }
     // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd we own.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };

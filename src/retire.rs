@@ -7,7 +7,9 @@
 //! grace period (or a maximum has passed), hands each connection to the server, and only
 //! then closes. Two things can still be lost at the close: a connection that completed
 //! its handshake in the instant between the last accept and the close, and a handshake in
-//! progress (its request lives on the closing listener). Against the second, the drain
+//! progress (its request lives on the closing listener); with `deferred` (TCP_DEFER_ACCEPT)
+//! every connection whose client has not sent data yet is such a request, so a drain
+//! saves little there. Against the second, on listeners without `deferred`, the drain
 //! first shrinks the listen backlog to 0: with net.ipv4.tcp_syncookies=1 (the default)
 //! the kernel then answers new SYNs with a SYN cookie instead of keeping a request on this
 //! listener, and a cookie is valid on any member of the group (the secrets are global),
@@ -89,7 +91,10 @@ impl Set {
                 return Ok(Progress::Done { handed_over: 0 });
             }
             if self.drain.shrink_backlog {
-                for l in self.listeners().iter() {
+                // Not on deferred listeners: their connections wait as requests until data
+                // arrives, then need a place in the accept queue, which a backlog of 0
+                // limits to one; they would be dropped.
+                for l in self.listeners().iter().filter(|l| !l.options.deferred) {
                     if let Some(held) = &l.fd {
                         // SAFETY: listen() on a socket this set holds.
                         if unsafe { libc::listen(held.raw(), 0) } != 0 {
@@ -162,6 +167,13 @@ impl Set {
             return Ok(Progress::Done { handed_over });
         }
         Ok(Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed)))
+    }
+
+    /// Whether a retire would accept connections to hand over (some held listener drains).
+    pub fn retire_hands_over(&self) -> bool {
+        self.listeners()
+            .iter()
+            .any(|l| l.fd.is_some() && l.applied.as_ref().is_some_and(|a| a.strategy == Strategy::Drain))
     }
 
     /// Sets the drain's timing (before or during the life of the set).

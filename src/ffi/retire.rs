@@ -20,7 +20,9 @@ pub const REUSEPORT_DRAIN_KEEP_BACKLOG: c_uint = 1;
 
 /// Sets how a draining retire waits: it stops once the queue has stayed empty for
 /// `grace_ms` (default 20), or after `max_ms` (default 1000). `flags`: 0 or
-/// REUSEPORT_DRAIN_KEEP_BACKLOG. -EINVAL when grace is 0 or above max.
+/// REUSEPORT_DRAIN_KEEP_BACKLOG (listeners with `deferred` always keep theirs: their
+/// connections need accept-queue room when their data arrives). -EINVAL when grace is 0
+/// or above max.
 #[no_mangle]
 pub extern "C" fn reuseport_set_drain(
     set: *mut reuseport_set,
@@ -63,7 +65,13 @@ pub extern "C" fn reuseport_retire(
 ) -> c_int {
     guard("reuseport_retire", || {
         let set = set_mut(set)?;
-        let mut missing_callback = false;
+        if on_accept.is_none() && set.retire_hands_over() {
+            // Refuse before accepting anything: an accepted connection without a taker
+            // could only be closed, resetting its client.
+            return Err(Error::invalid(
+                "this set drains (strategy drain): pass an on_accept callback to take the queued connections",
+            ));
+        }
         let mut hand_over = |fd: OwnedFd, index: usize| match on_accept {
             Some(f) => {
                 let raw = fd.into_raw_fd();
@@ -72,17 +80,9 @@ pub extern "C" fn reuseport_retire(
                 // SAFETY: refused: the fd is still ours.
                 (!taken).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
             }
-            None => {
-                missing_callback = true;
-                Some(fd)
-            }
+            None => Some(fd),
         };
         let progress = set.retire(&mut hand_over)?;
-        if missing_callback {
-            return Err(Error::invalid(
-                "a draining retire accepted connections but no on_accept callback was given: they were closed; pass one",
-            ));
-        }
         Ok(match progress {
             Progress::Done { .. } => 0,
             Progress::Again(d) => d.as_millis().clamp(1, c_int::MAX as u128) as c_int,

@@ -23,7 +23,8 @@ pub enum reuseport_strategy {
     /// the administrator. Opening fails with -EOPNOTSUPP when it is 0.
     REUSEPORT_STRATEGY_SYSCTL = 2,
     /// No migration: reuseport_retire() accepts what is queued until the queue stays
-    /// empty, hands it to the server, then closes. Nearly lossless, not guaranteed.
+    /// empty, hands it to the server, then closes. Connections still in their handshake,
+    /// and with `deferred` those whose client has sent no data yet, are lost.
     REUSEPORT_STRATEGY_DRAIN = 3,
     /// Nothing: a closing socket's queue is reset. For comparison.
     REUSEPORT_STRATEGY_NONE = 4,
@@ -64,8 +65,9 @@ pub extern "C" fn reuseport_set_strategy(set: *mut reuseport_set, strategy: c_in
     })
 }
 
-/// The strategy listener `index` actually got when it was opened (never AUTO), or
-/// -ENOENT for a bad index, -EAGAIN when it has not been opened yet. The log (INFO, WARN
+/// The strategy listener `index` actually got when it was last opened in this set (never
+/// AUTO; still answered after a retire), or -ENOENT for a bad index, -EAGAIN when it has
+/// not been opened yet. The log (INFO, WARN
 /// for a lossy fallback) says why.
 #[no_mangle]
 pub extern "C" fn reuseport_set_strategy_of(set: *const reuseport_set, index: usize) -> c_int {
@@ -103,7 +105,8 @@ pub extern "C" fn reuseport_strategy_parse(name: *const c_char) -> c_int {
 /// unprivileged master inherited across exec from a privileged one, or the previous
 /// generation's set's (reuseport_set_program_fd()). The set keeps its own close-on-exec
 /// duplicate; the caller still owns `prog_fd`. Before opening. -EINVAL when `prog_fd` is
-/// not a reuseport eBPF program.
+/// not the library's migration program (checked by type and name: a reuseport program
+/// loaded for plain selection would attach but migrate nothing).
 #[no_mangle]
 pub extern "C" fn reuseport_set_program(set: *mut reuseport_set, prog_fd: c_int) -> c_int {
     guard("reuseport_set_program", || set_mut(set)?.use_program(prog_fd).map(|_| 0))

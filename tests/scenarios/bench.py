@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The loss benchmark: lifecycle scenarios under load, once per strategy, over several
-rounds, side by side in one run; prints scenario x strategy -> requests, failures by
-kind and failures per 100k connections. `none` (the kernel resets a closing listener's
+rounds, side by side in one run, at saturation by default (no rate cap, 64 connections
+in flight: the queues are never empty, as on a busy server); prints scenario x strategy
+-> requests, failures by kind and failures per 100k connections. `none` (the kernel resets a closing listener's
 queue) is the baseline.
 
 Each run is a fresh private network namespace (root needed), as in the tests.
@@ -31,6 +32,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--rate", type=int, default=0, help="new connections per second; 0 (default) saturates")
+    p.add_argument("--concurrency", type=int, default=64)
     args = p.parse_args()
     if os.getuid() != 0:
         print("bench.py needs root: every run is a private network namespace", file=sys.stderr)
@@ -48,7 +51,8 @@ def main():
                 print(f"[{done}/{total}] round {rnd + 1}: {scenario} with {strategy}", file=sys.stderr, flush=True)
                 cmd = [IN_NETNS, sys.executable, os.path.join(HERE, "run.py"), "--server", args.server,
                        "--client", args.client, "--strategy", strategy, "--sysctl", str(STRATEGIES[strategy]),
-                       "--results", results, scenario]
+                       "--rate", str(args.rate), "--concurrency", str(args.concurrency), "--results", results,
+                       scenario]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode != 0:
                     print(f"  run failed (exit {r.returncode}):\n{r.stdout}{r.stderr}", file=sys.stderr)

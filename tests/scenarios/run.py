@@ -307,8 +307,10 @@ class Context:
         self.refused_is_expected = False
         self.loads = []
 
-    def load(self, targets=None, rate=4000):
-        load = Load(self.args.client, self.workdir, targets or [f"127.0.0.1:{PORT}"], rate=rate)
+    def load(self, targets=None, rate=None):
+        rate = self.args.rate if rate is None else min(rate, self.args.rate or rate)
+        load = Load(self.args.client, self.workdir, targets or [f"127.0.0.1:{PORT}"],
+                    concurrency=self.args.concurrency, rate=rate)
         self.loads.append(load)
         return load
 
@@ -322,6 +324,8 @@ def main():
     p.add_argument("--sysctl", type=int, choices=(0, 1), required=True, help="net.ipv4.tcp_migrate_req")
     p.add_argument("--results", help="append a JSON line with the counts to this file")
     p.add_argument("--launcher", help="tests/c/launch_unprivileged, for the unprivileged scenario")
+    p.add_argument("--rate", type=int, default=4000, help="new connections per second (0: as fast as possible)")
+    p.add_argument("--concurrency", type=int, default=32, help="connections in flight at most")
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     args = p.parse_args()
 
