@@ -15,6 +15,7 @@
 //! The Rust API is [`Set`]; the C API (`include/reuseport.h`) lives in [`ffi`].
 
 pub mod bpf;
+pub mod close_token;
 pub mod error;
 pub mod ffi;
 pub mod held;

@@ -16,6 +16,7 @@ use std::ffi::CStr;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use crate::close_token::CloseToken;
 use crate::error::{Error, Result, Step};
 use crate::held::HeldSocket;
 use crate::log::{self, Level};
@@ -96,6 +97,8 @@ pub struct Set {
     program_error: Option<i32>,
     pub(crate) drain: retire::DrainTiming,
     pub(crate) draining: Option<retire::Draining>,
+    /// Shared with the workers forked from this set: they close their sockets in turn.
+    pub(crate) close_token: Option<CloseToken>,
 }
 
 impl Default for Set {
@@ -115,6 +118,7 @@ impl Set {
             program_error: None,
             drain: retire::DrainTiming::default(),
             draining: None,
+            close_token: None,
         }
     }
 
@@ -184,6 +188,13 @@ impl Set {
         }
         self.require_listeners("open")?;
         self.open_all(false)?;
+        if self.close_token.is_none() {
+            // Without it the workers' sockets still leave their groups, only not in turn.
+            match CloseToken::new() {
+                Ok(t) => self.close_token = Some(t),
+                Err(e) => log::emit(Level::Warn, &format!("cannot create the close token (pipe2: {e}); workers will close their sockets without taking turns")),
+            }
+        }
         self.role = Role::MasterOpen;
         self.opener_pid = Some(std::process::id());
         Ok(())

@@ -26,6 +26,10 @@ use crate::lifecycle::{Role, Set};
 use crate::log::{self, Level};
 use crate::strategy::Strategy;
 
+/// How long a retiring process waits for its turn to close: closes take microseconds, so
+/// only a holder that died makes anyone wait this long.
+const TURN_PATIENCE: Duration = Duration::from_millis(200);
+
 /// How long a drain waits for the queue to stay empty, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainTiming {
@@ -78,13 +82,16 @@ impl Set {
             |s: &Set, i: usize| s.listeners()[i].applied.as_ref().is_some_and(|a| a.strategy == Strategy::Drain);
         let now = Instant::now();
         if self.draining.is_none() {
-            // Migrating listeners leave at once: the kernel moves their queues.
+            // Migrating listeners leave at once: the kernel moves their queues, to a
+            // member that must not be closing at the same instant (close_token.rs).
+            let turn = self.take_turn();
             let mut closed = 0;
             for i in 0..self.listeners().len() {
                 if !drains(self, i) && self.listeners_mut()[i].fd.take().is_some() {
                     closed += 1;
                 }
             }
+            self.end_turn(turn);
             if (0..self.listeners().len()).all(|i| !drains(self, i) || self.listeners()[i].fd.is_none()) {
                 self.close_for_retire();
                 log::emit(Level::Info, &format!("retired: closed {closed} listen socket(s); their queues migrate"));
@@ -151,7 +158,9 @@ impl Set {
         let (idle, elapsed) = (now - d.last_accept, now - d.started);
         if idle >= self.drain.grace || elapsed >= self.drain.max {
             let handed_over = d.handed_over;
+            let turn = self.take_turn();
             let n = self.close_for_retire();
+            self.end_turn(turn);
             log::emit(
                 Level::Info,
                 &format!(
@@ -167,6 +176,25 @@ impl Set {
             return Ok(Progress::Done { handed_over });
         }
         Ok(Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed)))
+    }
+
+    fn take_turn(&self) -> bool {
+        let got = self.close_token.as_ref().is_some_and(|t| t.acquire(TURN_PATIENCE));
+        if self.close_token.is_some() && !got {
+            log::emit(
+                Level::Debug,
+                "retire: the close token did not come in time (its holder may have died); closing anyway",
+            );
+        }
+        got
+    }
+
+    fn end_turn(&self, got: bool) {
+        if got {
+            if let Some(t) = &self.close_token {
+                t.release();
+            }
+        }
     }
 
     /// Whether a retire would accept connections to hand over (some held listener drains).

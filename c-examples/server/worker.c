@@ -280,7 +280,7 @@ static void conn_read(conn *c)
     }
 }
 
-static void conn_start(conn *c, int fd)
+static void conn_start(conn *c, int fd, int counted)
 {
     memset(c, 0, offsetof(conn, in));
     c->kind = KIND_CONN;
@@ -290,7 +290,10 @@ static void conn_start(conn *c, int fd)
     c->deadline = c->last_active + cf->header_timeout_ms;
     active_conns++;
     stats->accepted++;
-    set_in_flight(c, 1);
+    if (counted)
+        c->in_flight = 1;  /* stats->in_flight already includes it */
+    else
+        set_in_flight(c, 1);
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     conn_read(c);  /* with deferred accept the request is already here */
@@ -304,13 +307,17 @@ static void accept_from(listener *l)
             listeners_enable(0);  /* every connection is busy: let the queue hold the rest */
             return;
         }
+        /* Count the connection as ours before the kernel hands it over: killed inside
+         * accept4(), this worker has taken it off the queue all the same. */
+        __atomic_add_fetch(&stats->in_flight, 1, __ATOMIC_RELAXED);
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            __atomic_sub_fetch(&stats->in_flight, 1, __ATOMIC_RELAXED);
             if (errno == EMFILE || errno == ENFILE)
                 listeners_enable(0);
             return;
         }
-        conn_start(c, fd);
+        conn_start(c, fd, 1);
     }
 }
 
@@ -322,7 +329,7 @@ static int take_drained(int fd, size_t index, void *user)
     conn *c = conn_slot();
     if (!c)
         return -1;  /* the library closes it */
-    conn_start(c, fd);
+    conn_start(c, fd, 0);
     return 0;
 }
 
