@@ -5,8 +5,5 @@
 # Usage: scripts/bench-loss.sh [--rounds N] [--scenarios a,b] [--strategies x,y]
 set -eu
 cd "$(dirname "$0")/.."
-PATH="$HOME/.cargo/bin:$PATH"
-scripts/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" >/dev/null
+scripts/build.sh >/dev/null
 exec python3 tests/scenarios/bench.py --server build/c-examples/rpserver --client build/c-examples/loadclient "$@"

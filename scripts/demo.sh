@@ -5,8 +5,5 @@
 # namespace with queue migration on; otherwise on this machine's loopback.
 set -eu
 cd "$(dirname "$0")/.."
-PATH="$HOME/.cargo/bin:$PATH"
-scripts/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" >/dev/null
+scripts/build.sh >/dev/null
 exec python3 scripts/demo.py build/c-examples/rpserver build/c-examples/loadclient

@@ -7,9 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$HOME/.cargo/bin:$PATH"
-scripts/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)"
+scripts/build.sh
 rm -f build/scenario-results.jsonl
 status=0
 ctest --test-dir build --output-on-failure 2>&1 | tee build/ctest.log || status=$?

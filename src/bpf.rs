@@ -89,22 +89,7 @@ pub fn load_migrate_program() -> io::Result<OwnedFd> {
 /// sockets that join later run it too, and attaching again replaces it for the whole
 /// group. Needs no privilege when the caller holds the program fd.
 pub fn attach(sock: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
-    let fd: i32 = prog.as_raw_fd();
-    // SAFETY: an int option on a valid socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_EBPF,
-            &fd as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::socket::setsockopt_int(sock, libc::SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, prog.as_raw_fd())
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;

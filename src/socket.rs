@@ -147,7 +147,7 @@ fn warn_if_capped(name: &str, what: &str, wanted: u32, got: io::Result<usize>, s
     }
 }
 
-fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+pub(crate) fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: a plain int option on a valid fd.
     let rc = unsafe {
         libc::setsockopt(

@@ -62,28 +62,16 @@
 #include <unistd.h>
 
 #include "reuseport.h"
+#include "checks.h"
 
-#define NOBODY 65534
 #define N_CLIENTS 200
 #define IDLE_MS 300          /* B stops accepting after this long without a connection */
 #define CONNECT_MS 5000      /* bound on the clients' handshakes */
 #define RETIRE_MS 5000       /* bound on a retire loop */
 #define SYSCTL_PATH "/proc/sys/net/ipv4/tcp_migrate_req"
 
-static int passed, failed;
 static const char *label = ""; /* prefixes the experiment's lines outside the matrix */
 
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            passed++;                                                           \
-        } else {                                                                \
-            failed++;                                                           \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, " (last error: %s)\n", reuseport_last_error());    \
-        }                                                                       \
-    } while (0)
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
@@ -92,14 +80,6 @@ static long now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static void drop_privileges(void)
-{
-    if (setgroups(0, NULL) != 0 || setgid(NOBODY) != 0 || setuid(NOBODY) != 0) {
-        perror("drop privileges");
-        _exit(2);
-    }
 }
 
 static int read_sysctl(void)

@@ -20,30 +20,7 @@
 #include <grp.h>
 
 #include "reuseport.h"
-
-#define NOBODY 65534
-
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            passed++;                                                           \
-        } else {                                                                \
-            failed++;                                                           \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, " (last error: %s)\n", reuseport_last_error());    \
-        }                                                                       \
-    } while (0)
-
-static void drop_privileges(void)
-{
-    if (setgroups(0, NULL) != 0 || setgid(NOBODY) != 0 || setuid(NOBODY) != 0) {
-        perror("drop privileges");
-        _exit(2);
-    }
-}
+#include "checks.h"
 
 /* Runs fn in a child and returns its exit status (the child's checks decide it). */
 static int in_child(void (*fn)(reuseport_set *), reuseport_set *set)
