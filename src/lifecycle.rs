@@ -188,7 +188,8 @@ impl Set {
         }
         self.require_listeners("open")?;
         self.open_all(false)?;
-        if self.close_token.is_none() {
+        let migrates = self.listeners.iter().any(|l| l.applied.as_ref().is_some_and(|a| a.strategy.migrates()));
+        if migrates && self.close_token.is_none() {
             // Without it the workers' sockets still leave their groups, only not in turn.
             match CloseToken::new() {
                 Ok(t) => self.close_token = Some(t),

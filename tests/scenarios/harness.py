@@ -218,10 +218,12 @@ class Server:
         wait_for(lambda: not alive(pid), timeout, f"process {pid} to exit")
 
     def stop(self):
-        try:
-            os.kill(self.master(), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+        master = self.master()
+        if master:
+            try:
+                os.kill(master, signal.SIGTERM)
+            except OSError:
+                pass
         if self.proc:
             try:
                 self.proc.wait(10)
