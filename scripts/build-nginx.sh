@@ -147,6 +147,32 @@ add_deb_src() {
     fi
 }
 
+source_versions() { apt-cache showsrc nginx 2>/dev/null | sed -n 's/^Version: //p' | sort -rV | uniq; }
+
+# `apt-get source --download-only nginx` (the candidate version); when that fails or is
+# another upstream version, each Debian revision of $NGINX_VERSION in turn: they share one
+# orig tarball, and a mirror may lack one revision's files (here, the security archive's
+# source pool answers 404).
+download_orig() {
+    local dir=$1 v
+    say "apt-get source --download-only nginx (in $dir)"
+    if (cd "$dir" && apt-get source --download-only -qq nginx) && [ -f "$dir/nginx_$NGINX_VERSION.orig.tar.gz" ]; then
+        return 0
+    fi
+    say "no nginx_$NGINX_VERSION.orig.tar.gz from the candidate source package: trying each Debian revision of $NGINX_VERSION"
+    for v in $(source_versions); do
+        case "$v" in
+            "$NGINX_VERSION"-*|*:"$NGINX_VERSION"-*) ;;
+            *) continue ;;
+        esac
+        say "apt-get source --download-only nginx=$v"
+        if (cd "$dir" && apt-get source --download-only -qq "nginx=$v") && [ -f "$dir/nginx_$NGINX_VERSION.orig.tar.gz" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 fetch_debian_source() {
     command -v apt-get >/dev/null 2>&1 || die "no --tarball given, none cached at $CACHED, and no apt-get to fetch Debian's"
     local tmp
@@ -161,15 +187,14 @@ fetch_debian_source() {
         add_deb_src
         apt_update
     fi
-    say "apt-get source --download-only nginx (in $tmp)"
-    if ! (cd "$tmp" && apt-get source --download-only -qq nginx); then
-        [ -z "$APT_UPDATED" ] || die "apt-get source --download-only nginx failed"
-        # A deb-src entry whose index was never fetched: update once and retry.
-        apt_update
-        (cd "$tmp" && apt-get source --download-only -qq nginx) || die "apt-get source --download-only nginx failed"
-    fi
-    if [ ! -f "$tmp/nginx_$NGINX_VERSION.orig.tar.gz" ]; then
-        die "Debian's nginx source is not $NGINX_VERSION (got: $(cd "$tmp" && echo *.orig.tar.*)); pass --tarball nginx-$NGINX_VERSION.tar.gz"
+    if ! download_orig "$tmp"; then
+        if [ -z "$APT_UPDATED" ]; then
+            # A deb-src entry whose index was never fetched, or is stale: update once, retry.
+            apt_update
+            download_orig "$tmp" || die "could not download nginx_$NGINX_VERSION.orig.tar.gz from Debian (source versions known: $(source_versions | xargs)); pass --tarball PATH"
+        else
+            die "could not download nginx_$NGINX_VERSION.orig.tar.gz from Debian (source versions known: $(source_versions | xargs)); pass --tarball PATH"
+        fi
     fi
     cp "$tmp/nginx_$NGINX_VERSION.orig.tar.gz" "$CACHED.tmp"
     mv "$CACHED.tmp" "$CACHED"
@@ -257,7 +282,9 @@ lib $(sha_of "$LIB")"
             relink=1 # same source, patch and flags: only libreuseport.a changed
         fi
     fi
+    # No stale nginx stays installed if this build fails.
     rm -f "$stamp"
+    rm -rf "$prefix"
 
     if [ -n "$relink" ]; then
         say "$kind: libreuseport.a changed: relinking"
@@ -284,11 +311,10 @@ lib $(sha_of "$LIB")"
     (cd "$src" && make -j"$(nproc)" >"$src/make.log" 2>&1) \
         || { grep -E 'error|Error' "$src/make.log" | head -n 30 >&2; die "$kind: make failed (log: $src/make.log)"; }
     say "$kind: make install -> $prefix"
-    rm -rf "$prefix"
     (cd "$src" && make install >"$src/install.log" 2>&1) || die "$kind: make install failed (log: $src/install.log)"
     [ -x "$prefix/sbin/nginx" ] || die "$kind: $prefix/sbin/nginx was not installed"
     echo "$want" >"$stamp"
-    "$prefix/sbin/nginx" -V 2>&1 | head -n 1 | sed "s/^/    $kind: /"
+    "$prefix/sbin/nginx" -V 2>&1 | sed -n "1s/^/    $kind: /p"
 }
 
 build_tree stock

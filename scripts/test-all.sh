@@ -8,13 +8,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$HOME/.cargo/bin:$PATH"
 scripts/build.sh
-rm -f build/scenario-results.jsonl
+rm -f build/scenario-results.jsonl build/nginx-results.jsonl
 status=0
 ctest --test-dir build --output-on-failure 2>&1 | tee build/ctest.log || status=$?
 if [ -s build/scenario-results.jsonl ]; then
     echo
-    echo "Lifecycle scenarios under load (failures by kind; migrate = net.ipv4.tcp_migrate_req):"
+    echo "Lifecycle scenarios under load, rpserver (failures by kind, per strategy):"
     python3 tests/scenarios/table.py build/scenario-results.jsonl
+fi
+if [ -s build/nginx-results.jsonl ]; then
+    echo
+    echo "nginx 1.22.1 scenarios under load, stock and patched (net.ipv4.tcp_migrate_req=0):"
+    python3 tests/nginx/table.py build/nginx-results.jsonl
+fi
+if [ -s build/scenario-results.jsonl ] || [ -s build/nginx-results.jsonl ]; then
     echo
     # ctest's verdict stays the last line.
     grep -E '^[0-9]+% tests passed' build/ctest.log | tail -n 1
