@@ -5,6 +5,8 @@
  *                    | unconfigured          |
  *   first worker:    +---- adopt --> configure --> accept...   (the very socket the master opened)
  *   other workers:   worker_bind (own SO_REUSEPORT socket) --> configure --> drop privileges --> accept...
+ *   leaving workers: reuseport_retire(): with migration (the default where the kernel allows it:
+ *                    see reuseport_strategy) the queue moves to the surviving members.
  *
  * Conventions: functions return 0 (or a count) on success and a negative errno on failure;
  * reuseport_last_error() then says which address, which step and what to do; the same text
