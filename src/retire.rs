@@ -30,6 +30,9 @@ use crate::strategy::Strategy;
 /// only a holder that died makes anyone wait this long.
 const TURN_PATIENCE: Duration = Duration::from_millis(200);
 
+/// How long a process keeps the turn after closing its sockets: see end_turn().
+const TURN_GAP: Duration = Duration::from_millis(10);
+
 /// How long a drain waits for the queue to stay empty, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainTiming {
@@ -191,6 +194,11 @@ impl Set {
 
     fn end_turn(&self, got: bool) {
         if got {
+            // The handshakes this socket left half-open migrate lazily, when their final
+            // ACK arrives, to a member chosen then; if the next member closed right now it
+            // would be that member, and the connection reset. Keep the turn until they are
+            // done (a round trip on a LAN; far less on loopback).
+            std::thread::sleep(TURN_GAP);
             if let Some(t) = &self.close_token {
                 t.release();
             }
