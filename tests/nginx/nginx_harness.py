@@ -24,8 +24,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "scenarios"))
 
-from harness import Failure, Load, check, listen_sockets_of, listening_inodes, wait_for  # noqa: E402
+from harness import Failure, check, wait_for  # noqa: E402
+from harness import Load as _Load  # noqa: E402
 from harness import uid_of as _uid_of  # noqa: E402
+
+class Load(_Load):
+    """harness.Load, but the load client prints the details of its first failures (kind,
+    target, phase, time since its start, errno) on stderr, in the test's output."""
+
+    def __init__(self, binary, workdir, targets, concurrency=32, rate=4000):
+        self.stopfile = os.path.join(workdir, "stop-load")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [binary, "-j", "-c", str(concurrency), "-r", str(rate), "-d", "120", "-t", "3000",
+             "--until-file", self.stopfile] + targets,
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
 
 PR_SET_CHILD_SUBREAPER = 36
 WORKER_TITLE = "nginx: worker process"
@@ -117,20 +131,13 @@ def socket_inodes_of(pid):
 
 
 def established_inodes(ports):
-    """Inodes of ESTABLISHED (state 01) TCP sockets whose local port is one of `ports`:
-    connections a server accepted (those still in a listen queue have no inode yet)."""
-    inodes = set()
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) in ports and fields[9] != "0":
-                        inodes.add(fields[9])
-        except FileNotFoundError:
-            pass
-    return inodes
+    """Inodes of ESTABLISHED TCP sockets whose local port is one of `ports`: connections a
+    server accepted (those still in a listen queue have no inode yet)."""
+    if SS:
+        filt = " or ".join(f"sport = :{p}" for p in sorted(ports))
+        return {ino for _, _, _, ino in _ss(["state", "established", f"( {filt} )"]) if ino != "0"}
+    return {ino for state, local, _, ino in _proc_net_tcp()
+            if state == "01" and int(local.rsplit(":", 1)[1]) in ports and ino != "0"}
 
 
 def held_connections(pid, ports):
@@ -161,49 +168,78 @@ def polled_listen_sockets(pid):
     return polled
 
 
-def listening_addresses():
-    """{inode: "127.0.0.1:8080" or "[::1]:8080"} for every listening TCP socket of this
-    network namespace (the spelling of the listen specs)."""
-    out = {}
+# Under load the TCP tables hold thousands of TIME_WAIT sockets: /proc/net/tcp lists them
+# all (up to 0.3 s a read at 4,000 connections per second); ss asks the kernel (sock_diag)
+# for the listeners alone. /proc is the fallback without ss.
+SS = shutil.which("ss")
+
+
+def _ss(args):
+    """(state, local address, receive queue, inode) of each TCP socket `ss -tn` lists."""
+    out = subprocess.run([SS, "-Htne"] + args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and not fields[0].isdigit():  # a State column (absent with one state filter)
+            fields = fields[1:]
+        m = re.search(r"\bino:(\d+)", line)
+        rows.append(("", fields[2], int(fields[0]), m.group(1) if m else "0"))
+    return rows
+
+
+def _proc_net_tcp():
+    """(state in hex, local address, receive queue, inode) of each line of /proc/net/tcp{,6}."""
+    rows = []
     for path, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
         try:
             with open(path) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    if fields[3] != "0A":
-                        continue
                     addr, port = fields[1].rsplit(":", 1)
-                    # /proc prints the address as 32-bit words in host (little-endian) order
+                    # the address is printed as 32-bit words in host (little-endian) order
                     raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, len(addr), 8))
                     host = socket.inet_ntop(family, raw)
-                    out[fields[9]] = (f"[{host}]" if family == socket.AF_INET6 else host) + f":{int(port, 16)}"
+                    local = (f"[{host}]" if family == socket.AF_INET6 else host) + f":{int(port, 16)}"
+                    rows.append((fields[3], local, int(fields[4].split(":")[1], 16), fields[9]))
         except FileNotFoundError:
             pass
-    return out
+    return rows
+
+
+def listeners():
+    """{inode: (local address, accept queue length)} for every listening TCP socket of this
+    network namespace; addresses spelled as listen specs: "127.0.0.1:8080", "[::1]:8080"
+    (for a listener, the receive queue is its accept queue's length)."""
+    if SS:
+        return {ino: (local, queue) for _, local, queue, ino in _ss(["state", "listening"])}
+    return {ino: (local, queue) for state, local, queue, ino in _proc_net_tcp() if state == "0A"}
+
+
+def listening_inodes():
+    return set(listeners())
+
+
+def listening_addresses():
+    """{inode: "127.0.0.1:8080" or "[::1]:8080"} for every listening TCP socket."""
+    return {ino: local for ino, (local, _) in listeners().items()}
+
+
+def listen_sockets_of(pid, listening=None):
+    """The listen sockets (inodes) a process holds; `listening`: a listeners() snapshot."""
+    listening = listeners() if listening is None else listening
+    return [ino for ino in socket_inodes_of(pid) if ino in listening]
 
 
 def ncpu():
-    """What `worker_processes auto` gives in nginx 1.22.1: sysconf(_SC_NPROCESSORS_ONLN)
-    (later versions count the CPUs of the affinity mask instead)."""
+    """What `worker_processes auto` gives in nginx 1.22.1: sysconf(_SC_NPROCESSORS_ONLN)."""
     return max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
 
 
 def accept_queues():
-    """{inode: connections waiting in its accept queue} for every listening TCP socket
-    (for a listener, /proc/net/tcp's rx_queue is its accept queue's length)."""
-    out = {}
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A":
-                        out[fields[9]] = int(fields[4].split(":")[1], 16)
-        except FileNotFoundError:
-            pass
-    return out
+    """{inode: connections waiting in its accept queue} for every listening TCP socket."""
+    return {ino: queue for ino, (_, queue) in listeners().items()}
 
 
 def reap():
@@ -269,6 +305,7 @@ class NginxServer:
         self.proc = None  # nginx run in the foreground (daemon off)
         self.workers = 0
         self.masters = set()  # every master seen, for stop()
+        self.timeline = []  # (time.monotonic(), what): the signals sent, for a failure's report
 
     # -- config and start --
 
@@ -300,13 +337,13 @@ class NginxServer:
         server_blocks = ""
         for n, lines in enumerate(servers):
             server_blocks += (
-                f"    server {{\n"
+                "    server {\n"
                 + (f"        server_name server{n};\n" if n else "")
                 + "".join(f"        listen {line};\n" for line in lines)
-                + f"        location / {{\n"
-                f"            return 200 \"worker $pid\\n\";\n"
-                f"        }}\n"
-                f"    }}\n")
+                + "        location / {\n"
+                "            return 200 \"worker $pid\\n\";\n"
+                "        }\n"
+                "    }\n")
         text = (
             f"# written by tests/nginx/run.py\n"
             f"worker_processes {workers};\n"
@@ -406,6 +443,7 @@ class NginxServer:
     # -- signals --
 
     def signal(self, pid, sig):
+        self.timeline.append((time.monotonic(), f"{signal.Signals(sig).name} to {pid}"))
         os.kill(pid, sig)
 
     def reload(self, master, workers=None):
@@ -474,23 +512,19 @@ class NginxServer:
 
     # -- sockets --
 
-    def reuseport_sockets_of(self, pid):
+    def reuseport_sockets_of(self, pid, listening=None):
         """The listen sockets (inodes) a process holds, but those of the plain (shared,
-        non-reuseport) addresses."""
-        plain = self.plain_inodes()
-        return [ino for ino in listen_sockets_of(pid) if ino not in plain]
+        non-reuseport) addresses. listening: a listeners() snapshot."""
+        listening = listeners() if listening is None else listening
+        return [ino for ino in listen_sockets_of(pid, listening) if listening[ino][0] not in self.plain]
 
-    def plain_inodes(self):
-        if not self.plain:
-            return {}
-        return {ino: addr for ino, addr in listening_addresses().items() if addr in self.plain}
-
-    def socket_counts(self, master):
+    def socket_counts(self, master, listening=None):
         """{pid: listen sockets held} for the master and each of its workers (those of the
         plain addresses not counted)."""
-        counts = {master: len(self.reuseport_sockets_of(master))}
+        listening = listeners() if listening is None else listening
+        counts = {master: len(self.reuseport_sockets_of(master, listening))}
         for w in self.workers_of(master):
-            counts[w] = len(self.reuseport_sockets_of(w))
+            counts[w] = len(self.reuseport_sockets_of(w, listening))
         return counts
 
     def shared_sockets(self, master):
@@ -498,19 +532,20 @@ class NginxServer:
         {address: inode}. Checks, for either build, what nginx does with a listen socket
         without reuseport: one socket, opened by the master, inherited by every worker."""
         procs = [master] + self.workers_of(master)
-        plain = self.plain_inodes()
+        listening = listeners()
+        held = {pid: listen_sockets_of(pid, listening) for pid in procs}
         out = {}
         for addr in self.plain:
-            inodes = [ino for ino, a in plain.items() if a == addr]
+            inodes = [ino for ino, (a, _) in listening.items() if a == addr]
             check(len(inodes) == 1, f"{len(inodes)} listen sockets for {addr} (no reuseport), expected 1: {inodes}")
             for pid in procs:
-                held = [ino for ino in listen_sockets_of(pid) if plain.get(ino) == addr]
-                check(held == inodes, f"process {pid} holds {held} for {addr}, expected the shared socket {inodes}")
+                mine = [ino for ino in held[pid] if listening[ino][0] == addr]
+                check(mine == inodes, f"process {pid} holds {mine} for {addr}, expected the shared socket {inodes}")
             out[addr] = inodes[0]
         return out
 
-    def describe_sockets(self, master):
-        counts = self.socket_counts(master)
+    def describe_sockets(self, master, listening=None):
+        counts = self.socket_counts(master, listening)
         workers = " ".join(f"{pid}:{n}" for pid, n in counts.items() if pid != master)
         return (f"listen sockets ({len(self.listens)} addresses x {len(counts) - 1} workers): "
                 f"master {master}: {counts[master]}; workers {workers}")
@@ -518,25 +553,27 @@ class NginxServer:
     def check_sockets(self, master, strict):
         """Workers run as nobody (when the master is root). With strict (the patched
         build): the master holds no listen socket, each worker exactly one per address, no
-        two workers the same. Otherwise (stock) the counts are printed."""
+        two workers the same. Otherwise (stock) the counts are printed. Either way, each
+        address without reuseport has one socket, held by the master and every worker."""
         workers = self.workers_of(master)
         check(len(workers) == self.workers, f"master {master} runs {len(workers)} workers, expected {self.workers}")
         if os.getuid() == 0:
             check(uid_of(master) == 0, f"master {master} runs as uid {uid_of(master)}")
             for pid in workers:
                 check(uid_of(pid) == 65534, f"worker {pid} runs as uid {uid_of(pid)}, not nobody")
-        print(f"  {self.kind}: {self.describe_sockets(master)}", flush=True)
+        listening = listeners()
+        print(f"  {self.kind}: {self.describe_sockets(master, listening)}", flush=True)
         if self.plain:
             shared = self.shared_sockets(master)
             print(f"  {self.kind}: without reuseport, the master and its {len(workers)} workers hold the same socket: "
                   + ", ".join(f"{a} inode {i}" for a, i in shared.items()), flush=True)
         if not strict:
             return
-        held_by_master = self.reuseport_sockets_of(master)
+        held_by_master = self.reuseport_sockets_of(master, listening)
         check(held_by_master == [], f"master {master} holds {len(held_by_master)} listen sockets, expected 0")
         seen = {}
         for pid in workers:
-            held = self.reuseport_sockets_of(pid)
+            held = self.reuseport_sockets_of(pid, listening)
             check(len(held) == len(self.listens),
                   f"worker {pid} holds {len(held)} listen sockets, expected {len(self.listens)}")
             for ino in held:
@@ -589,4 +626,5 @@ def _state(pid):
 
 
 __all__ = ["NginxServer", "Failure", "Load", "check", "wait_for", "alive", "become_subreaper", "reap", "title",
-           "children_of", "held_connections", "listen_sockets_of", "listening_addresses", "ncpu", "uid_of"]
+           "children_of", "held_connections", "listen_sockets_of", "listeners", "listening_addresses", "ncpu",
+           "uid_of"]
