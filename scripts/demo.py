@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "scenarios"))
 import harness  # noqa: E402
-from harness import Load, Server, listen_sockets_of, wait_for  # noqa: E402
+from harness import Load, Server, failed_of, listen_sockets_of, wait_for  # noqa: E402
 
 T0 = time.monotonic()
 
@@ -123,7 +123,7 @@ def main():
         r = load.stop()
         load = None
         say("load client stopped")
-        failed = r["refused"] + r["reset"] + r["timeout"] + r["other"]
+        failed = failed_of(r)
         print()
         print(f"tally: {r['requests']} requests, {r['ok']} ok, {failed} failed "
               f"(refused {r['refused']}, reset {r['reset']}, timeout {r['timeout']}, other {r['other']}); "

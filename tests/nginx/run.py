@@ -576,12 +576,7 @@ def main():
             print("last lines of nginx's error log:\n" + tail, file=sys.stderr)
     finally:
         for load in ctx.loads:
-            if load.proc.poll() is None:
-                open(load.stopfile, "w").close()
-                try:
-                    load.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    load.proc.kill()
+            load.abort()
         srv.stop()
         reap()
     if passed and not args.keep:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+from harness import failed_of
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 IN_NETNS = os.path.join(HERE, "..", "c", "in-netns.sh")
 
@@ -79,7 +81,7 @@ def main():
             a = sums.get((scenario, strategy))
             if not a:
                 continue
-            failed = a["refused"] + a["reset"] + a["timeout"] + a["other"]
+            failed = failed_of(a)
             t = totals.setdefault(strategy, [0, 0])
             t[0] += a["requests"]
             t[1] += failed

@@ -233,6 +233,11 @@ class Server:
         subprocess.run(["pkill", "-KILL", "-f", self.conf], check=False)
 
 
+def failed_of(result):
+    """Every connection of a load client's result that did not get its response."""
+    return result["refused"] + result["reset"] + result["timeout"] + result["other"]
+
+
 class Load:
     """loadclient in the background until stop() touches its until-file."""
 
@@ -242,6 +247,15 @@ class Load:
             [binary, "-j", "-q", "-c", str(concurrency), "-r", str(rate), "-d", "120", "-t", "3000",
              "--until-file", self.stopfile] + targets,
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+    def abort(self):
+        """Ends a load that a failed scenario left running: asked first, killed after 10 s."""
+        if self.proc.poll() is None:
+            open(self.stopfile, "w").close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
     def stop(self):
         open(self.stopfile, "w").close()

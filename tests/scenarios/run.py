@@ -20,12 +20,11 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-from harness import PORT, Failure, Load, Server, check, fds_of, listen_sockets_of, uid_of, wait_for
+from harness import PORT, Failure, Load, Server, check, failed_of, fds_of, listen_sockets_of, uid_of, wait_for
 
 SCENARIOS = {}
 
@@ -360,7 +359,7 @@ def main():
     try:
         SCENARIOS[args.scenario](srv, ctx)
         r = ctx.result
-        failed = r["refused"] + r["reset"] + r["timeout"] + r["other"]
+        failed = failed_of(r)
         lost = srv.lost_in_flight()
         check(r["ok"] > 0, "no request succeeded")
         summary = (f"{name}: requests={r['requests']} ok={r['ok']} refused={r['refused']} reset={r['reset']} "
@@ -391,12 +390,7 @@ def main():
             pass
     finally:
         for load in ctx.loads:
-            if load.proc.poll() is None:
-                open(load.stopfile, "w").close()
-                try:
-                    load.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    load.proc.kill()
+            load.abort()
         srv.stop()
     print(f"scenario {args.scenario}: {1 if passed else 0} passed, {0 if passed else 1} failed")
     return 0 if passed else 1
