@@ -117,12 +117,67 @@ typedef enum reuseport_strategy {
 } reuseport_strategy;
 
 /**
+ * What a worker's slot in a steered group is doing (reuseport_slots()).
+ */
+typedef enum reuseport_slot_state {
+  /**
+   * Claimed; its socket is not in the steering map yet.
+   */
+  REUSEPORT_SLOT_JOINING = 0,
+  /**
+   * Gets its share of new connections.
+   */
+  REUSEPORT_SLOT_HEALTHY = 1,
+  /**
+   * Connections waited on it for the threshold without a heartbeat: it gets no new
+   * connections, and what it had queued was moved to its siblings (when the master may).
+   */
+  REUSEPORT_SLOT_STALLED = 2,
+  /**
+   * Its heartbeat moves but its accept queue kept growing: no new connections until the
+   * queue halves.
+   */
+  REUSEPORT_SLOT_OVERLOADED = 3,
+  /**
+   * Its process is leaving the group (reuseport_retire()).
+   */
+  REUSEPORT_SLOT_RETIRING = 4,
+} reuseport_slot_state;
+
+/**
  * An opaque set of listen specs and the listen sockets this process holds for them.
  *
  * A set is plain memory: after fork() the child has its own copy, holding the same fds.
  * Each process calls the function of its role on its copy and frees it when done.
  */
 typedef struct reuseport_set reuseport_set;
+
+/**
+ * One slot of a steered group.
+ */
+typedef struct reuseport_slot {
+  /**
+   * The slot's index in the group's steering map.
+   */
+  int slot;
+  /**
+   * The process holding it.
+   */
+  int pid;
+  /**
+   * A reuseport_slot_state value.
+   */
+  int state;
+  /**
+   * Its accept queue as the master's watch last saw it (0 outside the master).
+   */
+  unsigned int queue;
+  /**
+   * Heartbeats so far (0: its server does not call reuseport_heartbeat(); it is then
+   * never judged stalled).
+   */
+  unsigned long long beats;
+} reuseport_slot;
 
 /**
  * The host's logging function: `level` is one of REUSEPORT_LOG_*, `message` a
@@ -208,6 +263,20 @@ typedef struct reuseport_probe_info {
    */
   int auto_strategy;
   /**
+   * 1 when this process can create the steering program and maps: the groups it opens
+   * as a master steer new connections around stalled workers (reuseport_watch()).
+   */
+  int steering;
+  /**
+   * The errno of that attempt when steering is 0.
+   */
+  int steering_errno;
+  /**
+   * 1 when this process may move a stalled worker's queued connections to its siblings
+   * (CAP_SYS_PTRACE, e.g. root).
+   */
+  int rescue;
+  /**
    * uname -r, NUL-terminated.
    */
   char kernel_release[65];
@@ -240,6 +309,51 @@ extern "C" {
  * call in the same expression.
  */
 const char *reuseport_last_error(void);
+
+/**
+ * Sets how long connections may wait on a worker whose heartbeat stands still before new
+ * connections are steered around it and its queue is moved (default 100 ms). 0 turns
+ * steering off: groups this set opens afterwards get the plain migration program. The
+ * threshold is read by the master's reuseport_watch(); on/off is decided at
+ * reuseport_master_open(). Who: the master, before opening (or any time, to change the
+ * threshold).
+ */
+int reuseport_set_health_threshold(struct reuseport_set *set, unsigned int ms);
+
+/**
+ * A worker's sign of life: call it once per event-loop iteration (or timer tick). It is
+ * an atomic increment in memory shared with the master, no system call. A worker that
+ * never calls it is never judged stalled. Returns 0, or -EINVAL for NULL. Who: workers.
+ */
+int reuseport_heartbeat(const struct reuseport_set *set);
+
+/**
+ * The master's periodic watch over its workers: marks the stalled and overloaded ones so
+ * the steering program skips them, moves a stalled worker's queued connections to its
+ * siblings (needs root or CAP_SYS_PTRACE over the workers: pidfd_getfd(2)), and brings
+ * recovered workers back. Returns the number of milliseconds after which to call it
+ * again (a quarter of the threshold), or 0 when no listener of the set is steered
+ * (nothing to watch), or a negative errno. Cheap: one sock_diag query per group. Who:
+ * the master, on a timer, for the set of its current generation (after release too).
+ */
+int reuseport_watch(const struct reuseport_set *set);
+
+/**
+ * 1 when listener `index`'s group is run by the library's steering program, 0 when not
+ * (steering off, no CAP_BPF at open, or another strategy), -ENOENT for a bad index.
+ */
+int reuseport_steered(const struct reuseport_set *set, size_t index);
+
+/**
+ * Fills `out` (room for `cap` entries; NULL with cap 0 to count) with the claimed slots of
+ * listener `index`'s group, every worker this master forked that holds a socket there.
+ * Returns how many slots are claimed (which may exceed `cap`: only `cap` are written),
+ * -ENOENT for a bad index, -ENOTSUP when the group is not steered.
+ */
+int reuseport_slots(const struct reuseport_set *set,
+                    size_t index,
+                    struct reuseport_slot *out,
+                    size_t cap);
 
 /**
  * Installs a logging callback: `callback(level, message, user)` for every message at

@@ -16,8 +16,10 @@
 
 pub mod bpf;
 pub mod close_token;
+pub mod diag;
 pub mod error;
 pub mod ffi;
+pub mod health;
 pub mod held;
 pub mod lifecycle;
 pub mod log;
@@ -27,6 +29,8 @@ pub mod resolve;
 pub mod retire;
 pub mod socket;
 pub mod spec;
+pub mod steer;
+pub mod steer_prog;
 pub mod strategy;
 
 pub use error::{Error, Result, Step};

@@ -16,6 +16,9 @@ use std::ffi::CStr;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::close_token::CloseToken;
 use crate::error::{Error, Result, Step};
 use crate::held::HeldSocket;
@@ -24,6 +27,7 @@ use crate::resolve;
 use crate::retire;
 use crate::socket;
 use crate::spec::{self, ListenSpec, Options};
+use crate::steer::{self, SlotClaim, Steering};
 use crate::strategy::{self, Applied, Strategy};
 use crate::{bpf, probe};
 
@@ -74,9 +78,18 @@ pub struct Listener {
     pub fd: Option<HeldSocket>,
     /// How this listener's group keeps a leaving socket's queue; set when it is opened.
     pub applied: Option<Applied>,
+    /// The group's steering context, when the library's steering program runs it: set by
+    /// the master's open and inherited by the workers forked after it.
+    pub steering: Option<Arc<Steering>>,
+    /// This worker's slot in it (dropped after `fd`, which frees the slot).
+    pub claim: Option<SlotClaim>,
 }
 
 impl Listener {
+    fn new(addr: SocketAddr, options: Options) -> Self {
+        Listener { addr, options, fd: None, applied: None, steering: None, claim: None }
+    }
+
     pub fn spec_text(&self) -> String {
         spec::canonical(&self.addr, &self.options)
     }
@@ -99,6 +112,9 @@ pub struct Set {
     pub(crate) draining: Option<retire::Draining>,
     /// Shared with the workers forked from this set: they close their sockets in turn.
     pub(crate) close_token: Option<CloseToken>,
+    /// How long connections may wait on a worker whose heartbeat stands still before the
+    /// watch steers around it; zero turns steering off (health.rs).
+    pub(crate) health_threshold: Duration,
 }
 
 impl Default for Set {
@@ -119,6 +135,7 @@ impl Set {
             drain: retire::DrainTiming::default(),
             draining: None,
             close_token: None,
+            health_threshold: crate::health::DEFAULT_THRESHOLD,
         }
     }
 
@@ -149,7 +166,7 @@ impl Set {
             self.check_addable(a)?;
         }
         for a in &addrs {
-            self.listeners.push(Listener { addr: *a, options: spec.options, fd: None, applied: None });
+            self.listeners.push(Listener::new(*a, spec.options));
         }
         Ok(addrs.len())
     }
@@ -158,7 +175,7 @@ impl Set {
     pub fn add_addr(&mut self, addr: SocketAddr, options: Options) -> Result<()> {
         options.validate(addr.is_ipv6()).map_err(|e| Error::invalid(format!("{addr}: {}", e.message)))?;
         self.check_addable(&addr)?;
-        self.listeners.push(Listener { addr, options, fd: None, applied: None });
+        self.listeners.push(Listener::new(addr, options));
         Ok(())
     }
 
@@ -266,6 +283,7 @@ impl Set {
             socket::configure(held.borrow(), &l.addr, &l.options)?;
             log::emit(Level::Debug, &format!("adopted {} (fd {})", l.spec_text(), held.raw()));
         }
+        self.claim_slots();
         self.role = Role::Adopted;
         self.opener_pid = None;
         Ok(())
@@ -291,6 +309,7 @@ impl Set {
             ));
         }
         self.open_all(true)?;
+        self.claim_slots();
         self.role = Role::Bound;
         Ok(())
     }
@@ -315,6 +334,7 @@ impl Set {
             if l.fd.take().is_some() {
                 n += 1;
             }
+            l.claim = None;
         }
         n
     }
@@ -332,7 +352,8 @@ impl Set {
     /// Opens (and optionally configures) a socket for every listener and gives its group
     /// the set's strategy; on failure closes those it opened and changes nothing.
     fn open_all(&mut self, configure: bool) -> Result<()> {
-        let mut opened: Vec<(OwnedFd, SocketAddr, Applied)> = Vec::with_capacity(self.listeners.len());
+        let mut opened: Vec<(OwnedFd, SocketAddr, Applied, Option<Arc<Steering>>)> =
+            Vec::with_capacity(self.listeners.len());
         for i in 0..self.listeners.len() {
             let (addr, options) = (self.listeners[i].addr, self.listeners[i].options);
             let fd = socket::open(&addr, &options)?;
@@ -341,11 +362,12 @@ impl Set {
             }
             let bound = socket::local_addr(fd.as_fd())
                 .map_err(|e| Error::sys(&e, Step::Bind, &addr.to_string(), "getsockname"))?;
-            let applied = self.apply_strategy(fd.as_fd(), &bound)?;
-            opened.push((fd, bound, applied));
+            let steering = self.steering_for(i, &bound, configure);
+            let applied = self.apply_strategy(fd.as_fd(), &bound, steering.as_ref())?;
+            opened.push((fd, bound, applied, steering));
         }
         // `opened` drops (and closes) everything on the early returns above.
-        for (l, (fd, bound, applied)) in self.listeners.iter_mut().zip(opened) {
+        for (l, (fd, bound, applied, steering)) in self.listeners.iter_mut().zip(opened) {
             if l.addr.port() == 0 {
                 log::emit(
                     Level::Info,
@@ -373,15 +395,73 @@ impl Set {
             }
             l.fd = Some(held);
             l.applied = Some(applied);
+            l.steering = steering;
         }
         Ok(())
     }
 
+    /// The steering context for listener `i`: the one inherited from the master (a
+    /// worker), or the master's own for this address, created on its first open. None
+    /// when steering is off, the strategy is not the library's program, or the program
+    /// cannot be loaded here (then the plain migration program is tried).
+    fn steering_for(&mut self, i: usize, bound: &SocketAddr, configure: bool) -> Option<Arc<Steering>> {
+        if let Some(s) = &self.listeners[i].steering {
+            return Some(Arc::clone(s));
+        }
+        let wants = matches!(self.strategy, Strategy::Auto | Strategy::Bpf)
+            && !self.health_threshold.is_zero()
+            && self.program.is_none()
+            && !configure; // only a master's open creates one: a single process has no siblings
+        if !wants {
+            return None;
+        }
+        match steer::for_group(*bound) {
+            Ok(s) => Some(s),
+            Err(errno) => {
+                log::emit(
+                    Level::Debug,
+                    &format!(
+                        "{bound}: no steering: {} (the plain migration program is tried)",
+                        crate::error::strerror(errno)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A worker's sockets join the steering: each takes a slot in its group's table.
+    fn claim_slots(&mut self) {
+        for l in &mut self.listeners {
+            let (Some(s), Some(held)) = (&l.steering, &l.fd) else { continue };
+            match s.claim(held.borrow(), held.inode(), l.options.backlog) {
+                Ok(c) => l.claim = Some(c),
+                Err(why) => log::emit(
+                    Level::Warn,
+                    &format!(
+                        "{}: {why}; this worker's socket gets connections only when no sibling is eligible",
+                        l.addr
+                    ),
+                ),
+            }
+        }
+    }
+
     /// Gives the group of `sock` the set's strategy: attaches the migration program when
     /// asked for or automatic, or checks the sysctl.
-    fn apply_strategy(&mut self, sock: BorrowedFd<'_>, addr: &SocketAddr) -> Result<Applied> {
+    fn apply_strategy(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        addr: &SocketAddr,
+        steering: Option<&Arc<Steering>>,
+    ) -> Result<Applied> {
         let wants_bpf = matches!(self.strategy, Strategy::Auto | Strategy::Bpf);
-        let bpf_result = if wants_bpf { self.attach_program(sock) } else { Err(libc::ENOENT) };
+        let bpf_result = match steering {
+            // The steering program migrates too (same attach type).
+            Some(s) => bpf::attach(sock, s.program()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+            None if wants_bpf => self.attach_program(sock),
+            None => Err(libc::ENOENT),
+        };
         strategy::resolve(self.strategy, bpf_result, probe::tcp_migrate_req())
             .map_err(|(errno, why)| Error::new(errno, Step::Bpf, format!("{addr}: strategy {}: {why}", self.strategy)))
     }

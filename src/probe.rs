@@ -17,6 +17,11 @@ pub struct Probe {
     /// the errno of the attempt.
     pub bpf_reuseport: Result<(), i32>,
     pub kernel_release: String,
+    /// Ok when this process could create the steering program and maps (health-aware
+    /// steering for the groups it opens as a master); else the errno.
+    pub steering: Result<(), i32>,
+    /// Whether this process may move a stalled worker's queue (CAP_SYS_PTRACE).
+    pub rescue: bool,
     /// What the default strategy (auto) would give a group opened by this process.
     pub auto: crate::strategy::Applied,
     /// One line per capability that is missing, with what to do about it.
@@ -63,9 +68,21 @@ pub fn probe() -> Probe {
             hint
         ));
     }
+    let steering = crate::steer::can_steer();
+    let rescue = crate::steer::can_rescue();
+    if bpf_reuseport.is_ok() {
+        if let Err(errno) = steering {
+            notes.push(format!(
+                "cannot create the steering program and maps: {}: stalled workers are not steered around",
+                strerror(errno)
+            ));
+        } else if !rescue {
+            notes.push("no CAP_SYS_PTRACE: a stalled worker is steered around, but what it had queued waits for it (run the master as root)".to_string());
+        }
+    }
     let auto = crate::strategy::resolve(crate::strategy::Strategy::Auto, bpf_reuseport, tcp_migrate_req)
         .expect("auto always resolves");
-    Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, kernel_release, auto, notes }
+    Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, steering, rescue, kernel_release, auto, notes }
 }
 
 #[cfg(test)]
@@ -79,6 +96,8 @@ mod tests {
         if nix::unistd::geteuid().is_root() {
             assert_eq!(p.bpf_reuseport, Ok(()), "root can load the program on Linux 5.14+: {:?}", p.notes);
             assert_eq!(p.auto.strategy, crate::strategy::Strategy::Bpf);
+            assert_eq!(p.steering, Ok(()), "root can create the steering program: {:?}", p.notes);
+            assert!(p.rescue, "root has CAP_SYS_PTRACE");
         }
     }
 }

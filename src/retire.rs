@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result, Step};
 use crate::lifecycle::{Role, Set};
 use crate::log::{self, Level};
+use crate::steer::{SlotClaim, FLAG_CLAIMED, FLAG_RETIRING, FLAG_STALE, SLOTS};
 use crate::strategy::Strategy;
 
 /// How long a retiring process waits for its turn to close: closes take microseconds, so
@@ -32,6 +33,13 @@ const TURN_PATIENCE: Duration = Duration::from_millis(200);
 
 /// How long a process keeps the turn after closing its sockets: see end_turn().
 const TURN_GAP: Duration = Duration::from_millis(10);
+
+/// How long a retiring worker waits for a sibling to become eligible (steer_away()).
+const STEER_PATIENCE: Duration = Duration::from_millis(300);
+
+/// How long a retiring worker keeps its socket open after leaving the program's choice:
+/// handshakes that chose it just before complete in well under this on a LAN.
+const STEER_GAP: Duration = Duration::from_millis(10);
 
 /// How long a drain waits for the queue to stay empty, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +95,7 @@ impl Set {
         if self.draining.is_none() {
             // Migrating listeners leave at once: the kernel moves their queues, to a
             // member that must not be closing at the same instant (close_token.rs).
+            self.steer_away();
             let turn = self.take_turn();
             let mut closed = 0;
             for i in 0..self.listeners().len() {
@@ -181,6 +190,41 @@ impl Set {
         Ok(Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed)))
     }
 
+    /// Steered listeners first leave the program's choice, so that no new handshake starts
+    /// on a socket about to close: one that completes just as its listener closes cannot
+    /// migrate and is reset. Waits (bounded) for a sibling to be eligible when one is
+    /// coming (a reload's new workers may still be starting), then for the handshakes
+    /// already begun here to complete into the queue, which migrates whole.
+    fn steer_away(&self) {
+        let claims: Vec<&SlotClaim> = self.listeners().iter().filter_map(|l| l.claim.as_ref()).collect();
+        if claims.is_empty() {
+            return;
+        }
+        for c in &claims {
+            c.mark_retiring();
+        }
+        let deadline = Instant::now() + STEER_PATIENCE;
+        let mut any_sibling;
+        loop {
+            let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
+            any_sibling = waiting < claims.len();
+            if waiting == 0 || !claims.iter().any(|c| sibling_coming(c)) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log::emit(
+                    Level::Debug,
+                    "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)",
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if any_sibling {
+            std::thread::sleep(STEER_GAP);
+        }
+    }
+
     fn take_turn(&self) -> bool {
         let got = self.close_token.as_ref().is_some_and(|t| t.acquire(TURN_PATIENCE));
         if self.close_token.is_some() && !got {
@@ -228,4 +272,28 @@ impl Set {
         self.drain = timing;
         Ok(())
     }
+}
+
+/// Whether another socket of `c`'s group might become eligible soon: a slot being
+/// claimed or stalled, or a listener of the port the table does not know yet (a reload's
+/// master socket, waiting for its first worker).
+fn sibling_coming(c: &SlotClaim) -> bool {
+    use std::sync::atomic::Ordering;
+    let t = c.steering.table();
+    let mut known_gone = Vec::new();
+    for i in 0..SLOTS {
+        let f = t.flags[i].load(Ordering::Acquire);
+        if f & FLAG_CLAIMED == 0 {
+            continue;
+        }
+        if f & (FLAG_RETIRING | FLAG_STALE) == 0 && i != c.slot {
+            return true;
+        }
+        known_gone.push(t.inode[i].load(Ordering::Relaxed));
+    }
+    let addr = c.steering.addr;
+    let family = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    crate::diag::tcp_listeners(&[family])
+        .map(|ls| ls.iter().any(|(ino, l)| l.port == addr.port() && !known_gone.contains(ino)))
+        .unwrap_or(false)
 }

@@ -29,6 +29,7 @@ void rp_config_defaults(rp_config *cf)
     cf->strategy = REUSEPORT_STRATEGY_AUTO;
     cf->drain_grace_ms = 20;
     cf->drain_max_ms = 1000;
+    cf->health_threshold_ms = 100;
 }
 
 /* "5s", "500ms", "2m", "7" (seconds) */
@@ -116,6 +117,12 @@ static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen
             return -1;
         }
         cf->drain_flags = n == 3 ? REUSEPORT_DRAIN_KEEP_BACKLOG : 0;
+    } else if (strcmp(name, "reuseport_health_threshold") == 0) {
+        if (parse_ms(args, &cf->health_threshold_ms) != 0) {
+            snprintf(err, errlen, "reuseport_health_threshold \"%.200s\": a time such as 100ms, or 0 for no steering",
+                     args);
+            return -1;
+        }
     } else if (strcmp(name, "worker_connections") == 0) {
         long n = strtol(args, &end, 10);
         if (*end || n < 16 || n > 1000000) {

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server.h"
@@ -124,11 +126,19 @@ static void signal_workers(int sig, int only_older_than_current)
  * reused, so a master that could load it once never needs the privilege again. */
 static int inherited_program = -1;
 
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static reuseport_set *build_set(const rp_config *c)
 {
     reuseport_set *s = reuseport_set_new();
     if (s && (reuseport_set_strategy(s, c->strategy) < 0
-              || reuseport_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0)) {
+              || reuseport_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0
+              || reuseport_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0)) {
         reuseport_set_free(s);
         return NULL;
     }
@@ -470,10 +480,26 @@ int main(int argc, char **argv)
     write_pid_file();
     rp_log("event=master_start pid=%d workers=%d", (int)getpid(), cf.worker_processes);
 
+    /* Signals are taken while waiting (like sigsuspend()), which also ends at the next tick
+     * of the library's health watch over the workers. */
+    int64_t next_watch = 0;
     for (;;) {
         if (shutting_down && n_workers == 0)
             break;
-        sigsuspend(&wait_mask);
+        int64_t now = monotonic_ms();
+        if (next_watch >= 0 && now >= next_watch) {
+            int ms = reuseport_watch(set);
+            next_watch = ms > 0 ? now + ms : -1; /* 0: nothing steered, nothing to watch */
+            if (ms < 0)
+                rp_log("reuseport_watch: %s", reuseport_last_error());
+        }
+        struct timespec tick = { 0, 0 };
+        if (next_watch >= 0) {
+            int64_t left = next_watch - monotonic_ms();
+            if (left > 0)
+                tick = (struct timespec){ left / 1000, (left % 1000) * 1000000L };
+        }
+        ppoll(NULL, 0, next_watch >= 0 ? &tick : NULL, &wait_mask);
         if (sig_child) {
             sig_child = 0;
             reap();
@@ -495,6 +521,7 @@ int main(int argc, char **argv)
         if (sig_reload) {
             sig_reload = 0;
             reload();
+            next_watch = 0; /* the new generation's set: steered or not */
         }
         if (sig_upgrade) {
             sig_upgrade = 0;

@@ -426,6 +426,8 @@ void rp_worker_run(const rp_config *config, reuseport_set *set, int first, unsig
     for (;;) {
         if (terminate_requested)
             _exit(0);
+        if (set)
+            reuseport_heartbeat(set); /* the master steers around a worker that stops beating */
         if (quit_requested && set && (retire_again == 0 || now_ms() >= retire_again)) {
             /* Leave the groups first. With migration the library closes the listeners and
              * the kernel moves their queues to the other members; with drain it hands us

@@ -6,6 +6,7 @@
 #![allow(non_camel_case_types)]
 
 pub mod error;
+pub mod health;
 pub mod log;
 pub mod options;
 pub mod probe;

@@ -23,6 +23,14 @@ pub struct reuseport_probe_info {
     /// The strategy the default (REUSEPORT_STRATEGY_AUTO) would give a group this process
     /// opens: a reuseport_strategy value, never AUTO.
     pub auto_strategy: c_int,
+    /// 1 when this process can create the steering program and maps: the groups it opens
+    /// as a master steer new connections around stalled workers (reuseport_watch()).
+    pub steering: c_int,
+    /// The errno of that attempt when steering is 0.
+    pub steering_errno: c_int,
+    /// 1 when this process may move a stalled worker's queued connections to its siblings
+    /// (CAP_SYS_PTRACE, e.g. root).
+    pub rescue: c_int,
     /// uname -r, NUL-terminated.
     pub kernel_release: [c_char; 65],
     /// Why the default strategy is what it is, then what is missing and how to get it,
@@ -52,6 +60,9 @@ pub extern "C" fn reuseport_probe(out: *mut reuseport_probe_info) -> c_int {
         out.bpf_reuseport = p.bpf_reuseport.is_ok() as c_int;
         out.bpf_errno = p.bpf_reuseport.err().unwrap_or(0);
         out.auto_strategy = super::strategy::strategy_code(p.auto.strategy);
+        out.steering = p.steering.is_ok() as c_int;
+        out.steering_errno = p.steering.err().unwrap_or(0);
+        out.rescue = p.rescue as c_int;
         copy_cstr(&mut out.kernel_release, &p.kernel_release);
         let mut lines = vec![format!("strategy auto -> {}: {}", p.auto.strategy, p.auto.reason)];
         lines.extend(p.notes.iter().cloned());

@@ -1,0 +1,138 @@
+//! Health-aware steering: the workers' heartbeat, the master's watch, and what each slot
+//! of a group is doing.
+
+use std::ffi::{c_int, c_uint, c_ulonglong};
+use std::time::Duration;
+
+use super::set::{listener_at, reuseport_set, set_mut, set_ref};
+use super::{guard, guard_query};
+use crate::error::{Error, Step};
+use crate::steer::SlotState;
+
+/// What a worker's slot in a steered group is doing (reuseport_slots()).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum reuseport_slot_state {
+    /// Claimed; its socket is not in the steering map yet.
+    REUSEPORT_SLOT_JOINING = 0,
+    /// Gets its share of new connections.
+    REUSEPORT_SLOT_HEALTHY = 1,
+    /// Connections waited on it for the threshold without a heartbeat: it gets no new
+    /// connections, and what it had queued was moved to its siblings (when the master may).
+    REUSEPORT_SLOT_STALLED = 2,
+    /// Its heartbeat moves but its accept queue kept growing: no new connections until the
+    /// queue halves.
+    REUSEPORT_SLOT_OVERLOADED = 3,
+    /// Its process is leaving the group (reuseport_retire()).
+    REUSEPORT_SLOT_RETIRING = 4,
+}
+
+/// One slot of a steered group.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct reuseport_slot {
+    /// The slot's index in the group's steering map.
+    pub slot: c_int,
+    /// The process holding it.
+    pub pid: c_int,
+    /// A reuseport_slot_state value.
+    pub state: c_int,
+    /// Its accept queue as the master's watch last saw it (0 outside the master).
+    pub queue: c_uint,
+    /// Heartbeats so far (0: its server does not call reuseport_heartbeat(); it is then
+    /// never judged stalled).
+    pub beats: c_ulonglong,
+}
+
+fn state_code(s: SlotState) -> reuseport_slot_state {
+    match s {
+        SlotState::Joining => reuseport_slot_state::REUSEPORT_SLOT_JOINING,
+        SlotState::Healthy => reuseport_slot_state::REUSEPORT_SLOT_HEALTHY,
+        SlotState::Stalled => reuseport_slot_state::REUSEPORT_SLOT_STALLED,
+        SlotState::Overloaded => reuseport_slot_state::REUSEPORT_SLOT_OVERLOADED,
+        SlotState::Retiring => reuseport_slot_state::REUSEPORT_SLOT_RETIRING,
+    }
+}
+
+/// Sets how long connections may wait on a worker whose heartbeat stands still before new
+/// connections are steered around it and its queue is moved (default 100 ms). 0 turns
+/// steering off: groups this set opens afterwards get the plain migration program. The
+/// threshold is read by the master's reuseport_watch(); on/off is decided at
+/// reuseport_master_open(). Who: the master, before opening (or any time, to change the
+/// threshold).
+#[no_mangle]
+pub extern "C" fn reuseport_set_health_threshold(set: *mut reuseport_set, ms: c_uint) -> c_int {
+    guard("reuseport_set_health_threshold", || {
+        set_mut(set)?.set_health_threshold(Duration::from_millis(ms.into()));
+        Ok(0)
+    })
+}
+
+/// A worker's sign of life: call it once per event-loop iteration (or timer tick). It is
+/// an atomic increment in memory shared with the master, no system call. A worker that
+/// never calls it is never judged stalled. Returns 0, or -EINVAL for NULL. Who: workers.
+#[no_mangle]
+pub extern "C" fn reuseport_heartbeat(set: *const reuseport_set) -> c_int {
+    guard("reuseport_heartbeat", || {
+        set_ref(set)?.heartbeat();
+        Ok(0)
+    })
+}
+
+/// The master's periodic watch over its workers: marks the stalled and overloaded ones so
+/// the steering program skips them, moves a stalled worker's queued connections to its
+/// siblings (needs root or CAP_SYS_PTRACE over the workers: pidfd_getfd(2)), and brings
+/// recovered workers back. Returns the number of milliseconds after which to call it
+/// again (a quarter of the threshold), or 0 when no listener of the set is steered
+/// (nothing to watch), or a negative errno. Cheap: one sock_diag query per group. Who:
+/// the master, on a timer, for the set of its current generation (after release too).
+#[no_mangle]
+pub extern "C" fn reuseport_watch(set: *const reuseport_set) -> c_int {
+    guard("reuseport_watch", || {
+        Ok(set_ref(set)?.watch().map_or(0, |d| d.as_millis().clamp(1, c_int::MAX as u128) as c_int))
+    })
+}
+
+/// 1 when listener `index`'s group is run by the library's steering program, 0 when not
+/// (steering off, no CAP_BPF at open, or another strategy), -ENOENT for a bad index.
+#[no_mangle]
+pub extern "C" fn reuseport_steered(set: *const reuseport_set, index: usize) -> c_int {
+    guard_query("reuseport_steered", || Ok(listener_at(set_ref(set)?, index)?.steering.is_some() as c_int))
+}
+
+/// Fills `out` (room for `cap` entries; NULL with cap 0 to count) with the claimed slots of
+/// listener `index`'s group, every worker this master forked that holds a socket there.
+/// Returns how many slots are claimed (which may exceed `cap`: only `cap` are written),
+/// -ENOENT for a bad index, -ENOTSUP when the group is not steered.
+#[no_mangle]
+pub extern "C" fn reuseport_slots(
+    set: *const reuseport_set,
+    index: usize,
+    out: *mut reuseport_slot,
+    cap: usize,
+) -> c_int {
+    guard_query("reuseport_slots", || {
+        let s = set_ref(set)?;
+        let l = listener_at(s, index)?;
+        let steering = l.steering.as_ref().ok_or_else(|| {
+            Error::new(libc::ENOTSUP, Step::Lifecycle, format!("{}: this listener's group is not steered", l.addr))
+        })?;
+        if out.is_null() && cap > 0 {
+            return Err(Error::invalid("out is NULL but cap is not 0"));
+        }
+        let all = steering.status();
+        for (k, st) in all.iter().take(cap).enumerate() {
+            // SAFETY: out has room for cap entries (the caller's contract); k < cap.
+            unsafe {
+                out.add(k).write(reuseport_slot {
+                    slot: st.slot as c_int,
+                    pid: st.pid as c_int,
+                    state: state_code(st.state) as c_int,
+                    queue: st.queue,
+                    beats: st.beats,
+                })
+            };
+        }
+        Ok(all.len() as c_int)
+    })
+}

@@ -1,0 +1,145 @@
+//! The steering program and the health watch, on real sockets of one group (loopback,
+//! port 0). Loading the program needs CAP_BPF: without it each test says so and returns.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reuseport::steer::{self, Steering, FLAG_RETIRING, FLAG_STALE};
+
+fn steering_or_skip(test: &str) -> Option<Arc<Steering>> {
+    // A fresh address per test: the registry is per address.
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    match steer::for_group(addr) {
+        Ok(s) => Some(s),
+        Err(errno) if !nix::unistd::geteuid().is_root() => {
+            eprintln!("SKIP {test}: cannot load the steering program (errno {errno}; needs CAP_BPF)");
+            None
+        }
+        Err(errno) => panic!("root could not load the steering program: errno {errno}"),
+    }
+}
+
+fn member(addr: SocketAddr, s: &Steering) -> TcpListener {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_port(true).unwrap();
+    sock.bind(&addr.into()).unwrap();
+    sock.listen(128).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    reuseport::bpf::attach(sock.as_fd(), s.program()).unwrap();
+    sock.into()
+}
+
+fn inode(l: &TcpListener) -> u64 {
+    std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino()
+}
+
+fn accept_all(l: &TcpListener) -> usize {
+    let mut n = 0;
+    loop {
+        match l.accept() {
+            Ok(_) => n += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+fn connect(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
+}
+
+#[test]
+fn new_connections_go_to_eligible_slots_only_and_evenly() {
+    let Some(s) = steering_or_skip("new_connections_go_to_eligible_slots_only_and_evenly") else { return };
+    let addr = s.addr;
+    let (a, b) = (member(addr, &s), member(addr, &s));
+    let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
+    let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
+
+    let _c = connect(addr, 200);
+    let (na, nb) = (accept_all(&a), accept_all(&b));
+    assert_eq!(na + nb, 200);
+    assert!(na >= 60 && nb >= 60, "both eligible: an even spread expected, got {na}/{nb}");
+
+    s.table().flags[ca.slot].fetch_or(FLAG_STALE, Ordering::AcqRel);
+    let _c = connect(addr, 100);
+    assert_eq!((accept_all(&a), accept_all(&b)), (0, 100), "a stalled slot gets nothing");
+
+    s.table().flags[ca.slot].fetch_and(!FLAG_STALE, Ordering::AcqRel);
+    cb.mark_retiring();
+    let _c = connect(addr, 100);
+    assert_eq!((accept_all(&a), accept_all(&b)), (100, 0), "a retiring slot gets nothing");
+
+    // No eligible slot at all: the kernel's own hash, never a refusal.
+    ca.mark_retiring();
+    let _c = connect(addr, 100);
+    assert_eq!(accept_all(&a) + accept_all(&b), 100);
+}
+
+#[test]
+fn a_closing_listener_hands_its_queue_to_an_eligible_sibling() {
+    let Some(s) = steering_or_skip("a_closing_listener_hands_its_queue_to_an_eligible_sibling") else { return };
+    let addr = s.addr;
+    let (a, b) = (member(addr, &s), member(addr, &s));
+    let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
+    let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
+    s.table().flags[cb.slot].fetch_or(FLAG_STALE, Ordering::AcqRel);
+    let _c = connect(addr, 50);
+    std::thread::sleep(Duration::from_millis(20));
+    s.table().flags[cb.slot].fetch_and(!FLAG_STALE, Ordering::AcqRel);
+    ca.mark_retiring();
+    drop(a);
+    assert_eq!(accept_all(&b), 50, "all 50 queued on the closed listener moved to its sibling");
+    drop(ca);
+    assert_eq!(s.table().flags[0].load(Ordering::Acquire) & FLAG_RETIRING, 0);
+}
+
+#[test]
+fn the_watch_marks_a_stalled_slot_moves_its_queue_and_brings_it_back() {
+    let Some(s) = steering_or_skip("the_watch_marks_a_stalled_slot_moves_its_queue_and_brings_it_back") else { return };
+    let addr = s.addr;
+    let (a, b) = (member(addr, &s), member(addr, &s));
+    let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
+    let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
+    ca.beat();
+    cb.beat();
+    // `a` never accepts: its share of these waits in its queue.
+    let _c = connect(addr, 100);
+    let threshold = Duration::from_millis(40);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut served_by_b = accept_all(&b);
+    while Instant::now() < deadline {
+        cb.beat();
+        watch(&s, threshold);
+        served_by_b += accept_all(&b);
+        if served_by_b == 100 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(served_by_b, 100, "the stalled slot's queue moved to its sibling");
+    let flags = s.table().flags[ca.slot].load(Ordering::Acquire);
+    assert_ne!(flags & FLAG_STALE, 0, "still marked stalled: its heartbeat did not move");
+    // Its socket listens again (the rescue re-listened it), and gets nothing new.
+    assert_eq!(accept_all(&a), 0);
+    let _c = connect(addr, 50);
+    assert_eq!(accept_all(&b), 50);
+    // It beats again: back in the choice.
+    ca.beat();
+    watch(&s, threshold);
+    assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & FLAG_STALE, 0);
+    let _c = connect(addr, 100);
+    assert!(accept_all(&a) > 10, "the recovered slot gets its share again");
+}
+
+/// One tick of the watch over a group, what reuseport_watch() does for each of a set's.
+fn watch(s: &Steering, threshold: Duration) {
+    s.watch(threshold);
+}
