@@ -15,6 +15,12 @@
  * "worker <pid>") and ok responses are counted per worker pid, so a test can
  * see which processes served traffic across a reload / upgrade.
  *
+ * With --timeline MS, ok completions are also counted per MS-wide bucket of
+ * completion time since the client's start; the JSON output always carries
+ * that start (t0_ns, CLOCK_MONOTONIC, the clock of Python's
+ * time.monotonic_ns()), so a test can line up its own events (a signal sent
+ * at some instant) with the throughput around them.
+ *
  * Self-contained: C11 + Linux (epoll) + libc only; does not link the library.
  *   gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
  *       c-examples/loadclient.c -o loadclient
@@ -55,6 +61,7 @@
 #define UNTIL_POLL_NS 50000000LL /* --until-file polled at most every 50 ms */
 #define MAX_OTHER_KINDS 32
 #define LOCAL_ERR_BACKOFF_NS 1000000LL /* see start_request()              */
+#define MAX_TIMELINE_MS 600000L /* widest --timeline bucket                     */
 
 static const char REQUEST[] = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 #define REQUEST_LEN (sizeof(REQUEST) - 1)
@@ -130,6 +137,10 @@ static size_t ngens, cap_gens;
 static struct other_kind other_kinds[MAX_OTHER_KINDS];
 static size_t nother_kinds;
 
+static uint64_t *timeline; /* ok completions per bucket; NULL when off    */
+static size_t ntimeline;
+static int64_t timeline_ns;
+
 static double *reservoir;
 static uint64_t nlat;
 static double lat_max_ms;
@@ -192,6 +203,9 @@ static void usage(FILE *out) {
         "  -n, --requests N      stop after N requests started (default unlimited;\n"
         "                        whichever of -d / -n / --until-file comes first)\n"
         "  -t, --timeout MS      per-request timeout, connect + response (default 2000)\n"
+        "      --timeline MS     count ok completions per MS-wide bucket of completion\n"
+        "                        time since the start (JSON \"timeline\"; 0 = off, the\n"
+        "                        default; max %ld)\n"
         "      --until-file PATH also stop starting requests once PATH exists\n"
         "                        (polled at most every 50 ms)\n"
         "  -j, --json            print a JSON object instead of the one-line summary\n"
@@ -203,6 +217,10 @@ static void usage(FILE *out) {
         "  a complete response), timeout (not done within -t), other (anything else,\n"
         "  e.g. EADDRNOTAVAIL or a non-200 status; the reason is recorded).\n"
         "ok bodies are searched for \"worker <pid> [gen <n>]\" and counted per pid.\n"
+        "The JSON output gives the start as t0_ns (CLOCK_MONOTONIC nanoseconds, as\n"
+        "Python's time.monotonic_ns()); with --timeline also \"timeline_ms\" and\n"
+        "\"timeline\": [ok completions in [t0 + i*MS, t0 + (i+1)*MS) for each i], up to\n"
+        "the end of the run (the drain after the stop included).\n"
         "After the stop, requests in flight get at most -t ms, then count as timeout.\n"
         "SIGINT/SIGTERM also stop new requests and print the summary; a second one\n"
         "kills the client.\n"
@@ -222,7 +240,7 @@ static void usage(FILE *out) {
         "that waits for the client to close, ports run out. Exhaustion is NOT worked\n"
         "around: it shows up as other=N (EADDRNOTAVAIL). Several targets (ports or\n"
         "127.0.0.x addresses) multiply the available 4-tuples.\n",
-        MAX_CONCURRENCY, MAX_DURATION_S, MAX_FAIL_DETAILS);
+        MAX_CONCURRENCY, MAX_DURATION_S, MAX_TIMELINE_MS, MAX_FAIL_DETAILS);
 }
 
 static bool parse_target(const char *s, struct target *t) {
@@ -435,6 +453,11 @@ static void finish(int i, enum kind k, int err, const char *other_name, const ch
     struct slot *s = &slots[i];
     counts[k]++;
     finished++;
+    if (k == K_OK && timeline && now >= t0_ns) {
+        uint64_t b = (uint64_t)((now - t0_ns) / timeline_ns);
+        if (b < ntimeline) /* sized for the whole run: always true */
+            timeline[b]++;
+    }
     if (k == K_OTHER)
         note_other(other_name ? other_name : (err ? errno_name(err) : "unknown"));
     if (k != K_OK)
@@ -784,7 +807,7 @@ static void json_string(const char *s) {
 int main(int argc, char **argv) {
     unsigned long long concurrency = 16, max_requests = 0;
     double rate = 0.0, duration = 5.0;
-    long timeout_ms = 2000;
+    long timeout_ms = 2000, timeline_ms = 0;
     bool json = false;
     const char *until_file = NULL;
 
@@ -797,6 +820,7 @@ int main(int argc, char **argv) {
         {"json", no_argument, NULL, 'j'},
         {"quiet-errors", no_argument, NULL, 'q'},
         {"until-file", required_argument, NULL, 'U'},
+        {"timeline", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -855,6 +879,15 @@ int main(int argc, char **argv) {
         case 'U':
             until_file = optarg;
             break;
+        case 'T':
+            if (!parse_u64(optarg, 0, MAX_TIMELINE_MS, &v)) {
+                fprintf(stderr, "loadclient: bad --timeline '%s' (0..%ld ms)\n", optarg,
+                        MAX_TIMELINE_MS);
+                usage(stderr);
+                return 2;
+            }
+            timeline_ms = (long)v;
+            break;
         case 'h':
             usage(stdout);
             return 2;
@@ -902,7 +935,14 @@ int main(int argc, char **argv) {
     char *bufs = malloc((size_t)nslots * (RESP_BUF + 1));
     reservoir = malloc(RESERVOIR * sizeof *reservoir);
     struct epoll_event *evs = calloc((size_t)nslots, sizeof *evs);
-    if (!slots || !free_stack || !bufs || !reservoir || !evs) {
+    if (timeline_ms) {
+        /* Completions come until the drain after the stop: at most the duration
+         * (capped at MAX_DURATION_S) plus one timeout, and a little lag. */
+        timeline_ns = (int64_t)timeline_ms * 1000000LL;
+        ntimeline = (size_t)((duration * 1000.0 + (double)timeout_ms) / (double)timeline_ms) + 2;
+        timeline = calloc(ntimeline, sizeof *timeline);
+    }
+    if (!slots || !free_stack || !bufs || !reservoir || !evs || (timeline_ms && !timeline)) {
         perror("loadclient: malloc");
         return 1;
     }
@@ -1092,7 +1132,18 @@ int main(int argc, char **argv) {
                 putchar(',');
             json_string(targets[i].text);
         }
-        printf("]},\"max_start_lag_ms\":%.3f}\n", (double)max_start_lag_ns / 1e6);
+        printf("]},\"max_start_lag_ms\":%.3f,\"t0_ns\":%" PRId64, (double)max_start_lag_ns / 1e6,
+               t0_ns);
+        if (timeline) {
+            size_t n = (size_t)((end_ns - t0_ns) / timeline_ns) + 1;
+            if (n > ntimeline)
+                n = ntimeline;
+            printf(",\"timeline_ms\":%ld,\"timeline\":[", timeline_ms);
+            for (size_t i = 0; i < n; i++)
+                printf("%s%" PRIu64, i ? "," : "", timeline[i]);
+            putchar(']');
+        }
+        printf("}\n");
     } else {
         printf("requests=%" PRIu64 " ok=%" PRIu64 " refused=%" PRIu64 " reset=%" PRIu64
                " timeout=%" PRIu64 " other=%" PRIu64 " duration=%.2f rate=%.1f/s workers=%zu",
@@ -1113,6 +1164,7 @@ int main(int argc, char **argv) {
     close(epfd);
     free(evs);
     free(reservoir);
+    free(timeline);
     free(bufs);
     free(free_stack);
     free(slots);

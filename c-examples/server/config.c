@@ -29,7 +29,7 @@ void rp_config_defaults(rp_config *cf)
     cf->strategy = REUSEPORT_STRATEGY_AUTO;
     cf->drain_grace_ms = 20;
     cf->drain_max_ms = 1000;
-    cf->health_threshold_ms = 100;
+    cf->health_threshold_ms = 50;
 }
 
 /* "5s", "500ms", "2m", "7" (seconds) */
@@ -119,7 +119,7 @@ static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen
         cf->drain_flags = n == 3 ? REUSEPORT_DRAIN_KEEP_BACKLOG : 0;
     } else if (strcmp(name, "reuseport_health_threshold") == 0) {
         if (parse_ms(args, &cf->health_threshold_ms) != 0) {
-            snprintf(err, errlen, "reuseport_health_threshold \"%.200s\": a time such as 100ms, or 0 for no steering",
+            snprintf(err, errlen, "reuseport_health_threshold \"%.200s\": a time such as 50ms, or 0 for no steering",
                      args);
             return -1;
         }

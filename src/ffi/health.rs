@@ -55,7 +55,7 @@ fn state_code(s: SlotState) -> reuseport_slot_state {
 }
 
 /// Sets how long connections may wait on a worker whose heartbeat stands still before new
-/// connections are steered around it and its queue is moved (default 100 ms). 0 turns
+/// connections are steered around it and its queue is moved (default 50 ms). 0 turns
 /// steering off: groups this set opens afterwards get the plain migration program. The
 /// threshold is read by the master's reuseport_watch(); on/off is decided at
 /// reuseport_master_open(). Who: the master, before opening (or any time, to change the

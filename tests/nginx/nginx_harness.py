@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,21 +23,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "scenarios"))
 
-from harness import Failure, check, wait_for  # noqa: E402
+from harness import (SS, Failure, accepted_connections, alive, check, proc_net_tcp_rows,  # noqa: E402
+                     socket_inodes_of, ss_rows, stop_process, wait_for)
 from harness import Load as _Load  # noqa: E402
 from harness import uid_of as _uid_of  # noqa: E402
+
 
 class Load(_Load):
     """harness.Load, but the load client prints the details of its first failures (kind,
     target, phase, time since its start, errno) on stderr, in the test's output."""
 
-    def __init__(self, binary, workdir, targets, concurrency=32, rate=4000):
-        self.stopfile = os.path.join(workdir, "stop-load")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [binary, "-j", "-c", str(concurrency), "-r", str(rate), "-d", "120", "-t", "3000",
-             "--until-file", self.stopfile] + targets,
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    quiet = False
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -53,11 +48,6 @@ def become_subreaper():
 
 # --- /proc ---------------------------------------------------------------------------------
 # Processes come and go while they are read: any read may fail with ENOENT or ESRCH.
-
-def alive(pid):
-    """Running (not a zombie)."""
-    return _state(pid) not in (None, "Z", "X")
-
 
 def uid_of(pid):
     try:
@@ -113,35 +103,9 @@ def descendants_of(pid):
     return out
 
 
-def socket_inodes_of(pid):
-    inodes = {}
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        m = re.fullmatch(r"socket:\[(\d+)\]", target)
-        if m:
-            inodes[m.group(1)] = int(fd)
-    return inodes
-
-
-def established_inodes(ports):
-    """Inodes of ESTABLISHED TCP sockets whose local port is one of `ports`: connections a
-    server accepted (those still in a listen queue have no inode yet)."""
-    if SS:
-        filt = " or ".join(f"sport = :{p}" for p in sorted(ports))
-        return {ino for _, _, _, ino in _ss(["state", "established", f"( {filt} )"]) if ino != "0"}
-    return {ino for state, local, _, ino in _proc_net_tcp()
-            if state == "01" and int(local.rsplit(":", 1)[1]) in ports and ino != "0"}
-
-
 def held_connections(pid, ports):
-    return len(set(socket_inodes_of(pid)) & established_inodes(ports))
+    """The ESTABLISHED connections to `ports` the process holds: what it loses at death."""
+    return accepted_connections(pid, ports, established_only=True)
 
 
 def polled_listen_sockets(pid):
@@ -168,53 +132,13 @@ def polled_listen_sockets(pid):
     return polled
 
 
-# Under load the TCP tables hold thousands of TIME_WAIT sockets: /proc/net/tcp lists them
-# all (up to 0.3 s a read at 4,000 connections per second); ss asks the kernel (sock_diag)
-# for the listeners alone. /proc is the fallback without ss.
-SS = shutil.which("ss")
-
-
-def _ss(args):
-    """(state, local address, receive queue, inode) of each TCP socket `ss -tn` lists."""
-    out = subprocess.run([SS, "-Htne"] + args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        fields = line.split()
-        if fields and not fields[0].isdigit():  # a State column (absent with one state filter)
-            fields = fields[1:]
-        m = re.search(r"\bino:(\d+)", line)
-        rows.append(("", fields[2], int(fields[0]), m.group(1) if m else "0"))
-    return rows
-
-
-def _proc_net_tcp():
-    """(state in hex, local address, receive queue, inode) of each line of /proc/net/tcp{,6}."""
-    rows = []
-    for path, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    addr, port = fields[1].rsplit(":", 1)
-                    # the address is printed as 32-bit words in host (little-endian) order
-                    raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, len(addr), 8))
-                    host = socket.inet_ntop(family, raw)
-                    local = (f"[{host}]" if family == socket.AF_INET6 else host) + f":{int(port, 16)}"
-                    rows.append((fields[3], local, int(fields[4].split(":")[1], 16), fields[9]))
-        except FileNotFoundError:
-            pass
-    return rows
-
-
 def listeners():
     """{inode: (local address, accept queue length)} for every listening TCP socket of this
     network namespace; addresses spelled as listen specs: "127.0.0.1:8080", "[::1]:8080"
     (for a listener, the receive queue is its accept queue's length)."""
     if SS:
-        return {ino: (local, queue) for _, local, queue, ino in _ss(["state", "listening"])}
-    return {ino: (local, queue) for state, local, queue, ino in _proc_net_tcp() if state == "0A"}
+        return {ino: (local, queue) for _, local, queue, ino in ss_rows(["state", "listening"])}
+    return {ino: (local, queue) for state, local, queue, ino in proc_net_tcp_rows() if state == "0A"}
 
 
 def listening_inodes():
@@ -472,8 +396,7 @@ class NginxServer:
     def kill9(self, victim):
         """SIGSTOP the worker, count the accepted connections it holds, SIGKILL it: exactly
         what it had in flight at death (stopped, it accepts nothing more)."""
-        self.signal(victim, signal.SIGSTOP)
-        wait_for(lambda: _state(victim) in ("T", "t", None), 5, f"worker {victim} to stop")
+        stop_process(self.signal, victim)
         held = held_connections(victim, self.ports)
         self.signal(victim, signal.SIGKILL)
         return held
@@ -494,9 +417,7 @@ class NginxServer:
         that batch first) and a queue that was empty when read but not when resumed."""
         workers = self.workers_of(master, exiting=True)
         for w in workers:
-            self.signal(w, signal.SIGSTOP)
-        for w in workers:
-            wait_for(lambda: _state(w) in ("T", "t", None), 5, f"worker {w} to stop")
+            stop_process(self.signal, w)
         held = sum(held_connections(w, self.ports) for w in workers)
         self.signal(master, signal.SIGTERM)
         time.sleep(0.2)  # the master passes the command on at once; under 1.5 s it sends no SIGKILL
@@ -615,14 +536,6 @@ class NginxServer:
                 return "".join(f.readlines()[-n:])
         except FileNotFoundError:
             return ""
-
-
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 __all__ = ["NginxServer", "Failure", "Load", "check", "wait_for", "alive", "become_subreaper", "reap", "title",

@@ -19,6 +19,14 @@ master and every worker hold one per address and per worker). Workers run as nob
 Scenarios that only make sense for the patched build (PATCHED_ONLY) exit 77 (skipped)
 when given the stock one.
 
+The stall scenarios (stall2, stall4, stall_reload, stall_upgrade) stop one worker (not the
+first) with SIGSTOP for 4 s under a load at saturation, as tests/scenarios/run.py does for
+rpserver: with --expect-zero, nothing may fail but what that worker had accepted, and
+(stall2, stall4) the others keep 90% of the throughput and, after SIGCONT, every worker
+gets 60% of a fair share. stall2_plain is stall2 with a plain `listen` (no reuseport: one
+socket for all), stock nginx's other layout, for the stall benchmark (tests/stall). Their
+figures go into the results line either way.
+
 Usage: run.py --nginx PREFIX --client PATH --sysctl 0|1 [--expect-zero] [--results FILE]
               [--kind stock|patched] [--rate N] [--concurrency N] [--duration S] [--keep]
               SCENARIO
@@ -39,6 +47,7 @@ import traceback
 # nginx_harness puts tests/scenarios on the path and re-exports harness.py's helpers.
 from nginx_harness import (Failure, Load, NginxServer, become_subreaper, check, listen_sockets_of, listening_addresses,
                            ncpu, reap, uid_of, wait_for)
+from harness import describe_stall, stall_under_load
 
 PORT = 8080
 BOTH = [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"]
@@ -457,6 +466,88 @@ def error_log(srv, ctx):
     return None
 
 
+@scenario
+def stall2(srv, ctx):
+    """Two workers, one reuseport address, a load at saturation: the second worker is
+    stopped for 4 s, then continued; a separate load after that tells how evenly the
+    workers share it."""
+    return stall_scenario(srv, ctx, 2)
+
+
+@scenario
+def stall4(srv, ctx):
+    """stall2 with four workers."""
+    return stall_scenario(srv, ctx, 4)
+
+
+@scenario
+def stall2_plain(srv, ctx):
+    """stall2 with `listen 127.0.0.1:8080` without reuseport: one socket, inherited by
+    both workers, that the one running keeps accepting from."""
+    return stall_scenario(srv, ctx, 2, plain=True)
+
+
+@scenario
+def stall_reload(srv, ctx):
+    """Two workers, one stopped; HUP to the master while it is stopped: the new workers
+    start, the stopped one exits once continued (4 s after its stop: it got QUIT)."""
+    def during(master, first):
+        srv.signal(master, signal.SIGHUP)
+        wait_for(lambda: len(set(srv.workers_of(master)) - set(first)) == 2, 20, f"master {master}'s 2 new workers")
+
+    def after(master, first, victim):
+        srv.wait_exit(victim)
+        srv.wait_settled(master, 2, old=first)
+
+    return stall_scenario(srv, ctx, 2, during=during, after=after, even=False)
+
+
+@scenario
+def stall_upgrade(srv, ctx):
+    """Two workers, one stopped; binary upgrade while it is stopped: USR2, then QUIT to
+    the old master, which exits once the stopped worker (continued 4 s after its stop)
+    has."""
+    masters = {}
+
+    def during(master, first):
+        old, new = srv.start_upgrade()
+        if ctx.strict:
+            check(listen_sockets_of(new) == [], f"the new master {new} holds listen sockets")
+        srv.signal(old, signal.SIGQUIT)
+        masters["new"] = new
+
+    def after(master, first, victim):
+        srv.wait_exit(master)
+        check(srv.master(oldbin=True) is None, "nginx.pid.oldbin is gone")
+        check(srv.master() == masters["new"], "the pid file names the new master")
+
+    return stall_scenario(srv, ctx, 2, during=during, after=after, even=False)
+
+
+def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, plain=False):
+    """The stall scenarios (harness.stall_under_load): `workers` workers on
+    127.0.0.1:8080, the highest-pid one stopped; during(master, workers) runs while it is
+    stopped, after(master, workers, victim) once it is continued. With even, the ok rate
+    during the stall is compared with the steady one, and a separate load after SIGCONT
+    with the fair shares of the workers of the master then running (the pid file's). The
+    figures are recorded; the checks (ctx.checks) apply with --expect-zero. Returns the
+    master then running."""
+    addr = f"127.0.0.1:{PORT}"
+    if plain:
+        srv.configure(workers, [], servers=[[addr]])
+    else:
+        srv.configure(workers, [addr])
+    first = srv.start()
+    master = srv.master()
+    victim = first[-1]
+    ctx.result, ctx.figures, checks = stall_under_load(
+        lambda **kw: ctx.load([addr], **kw), srv.signal, victim, srv.ports,
+        during=during and (lambda: during(master, first)), after=after and (lambda: after(master, first, victim)),
+        workers=(lambda: srv.workers_of(srv.master())) if even else None)
+    ctx.checks += checks
+    return srv.master()
+
+
 def read_lines(path):
     try:
         with open(path, errors="replace") as f:
@@ -473,9 +564,14 @@ class Context:
         self.lost = 0  # connections held by killed or fast-stopped workers
         self.slack = 0  # what fast-stopped workers may accept before acting on TERM
         self.socket_counts = None
+        self.figures = {}  # what a scenario measured beyond the load's counts, for the results line
+        self.checks = []  # (ok, what): checked with --expect-zero, once the results line is written
 
-    def load(self, targets):
-        load = Load(self.args.client, self.srv.dir, targets, concurrency=self.args.concurrency, rate=self.args.rate)
+    def load(self, targets, **kw):
+        """A load client in the background (harness.Load; kw: its concurrency, rate,
+        timeout_ms, duration, timeline_ms); concurrency and rate default to the command line's."""
+        kw = {"concurrency": self.args.concurrency, "rate": self.args.rate, **kw}
+        load = Load(self.args.client, self.srv.dir, targets, **kw)
         self.loads.append(load)
         return load
 
@@ -545,7 +641,9 @@ def main():
                   f"timeout={r['timeout']} other={r['other']} in_flight_at_death={ctx.lost}"
                   + (f" (+{ctx.slack} possible)" if ctx.slack else "") + f" workers_seen={len(r['workers'])}"
                   + f" rate_per_s={r['rate_per_s']}")
-            record.update(in_flight_at_death=ctx.lost, in_flight_slack=ctx.slack, **r)
+            if ctx.figures:
+                print(f"{name}: {describe_stall(ctx.figures)}")
+            record.update(in_flight_at_death=ctx.lost, in_flight_slack=ctx.slack, **r, **ctx.figures)
             if args.expect_zero:
                 zero = failed
             else:
@@ -557,9 +655,14 @@ def main():
             with open(args.results, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if zero is not None:
-            check(zero <= ctx.lost + ctx.slack,
+            for ok, what in ctx.checks:
+                check(ok, what)
+            # A stopped worker's accepted connections time out too (the stall scenarios).
+            held = ctx.figures.get("accepted_at_stop", 0)
+            check(zero <= ctx.lost + ctx.slack + held,
                   f"{zero} connections failed, but dead workers had only {ctx.lost} in flight"
-                  + (f" (+{ctx.slack} possible)" if ctx.slack else ""))
+                  + (f" (+{ctx.slack} possible)" if ctx.slack else "")
+                  + (f" and the stopped one had accepted {held}" if held else ""))
     except Exception as e:  # a Failure, or a bug of the runner: either way the scenario failed
         passed = False
         if isinstance(e, Failure):

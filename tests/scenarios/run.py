@@ -12,6 +12,14 @@ recorded (none is the baseline) and only what holds there is asserted.
 After the events, the processes must hold exactly the sockets the design says: the
 master none, every worker one listening socket per address.
 
+The stall scenarios (stall2, stall4, stall_reload, stall_upgrade; meaningful with the bpf
+strategy) stop one worker (SIGSTOP) for 4 s under a load at saturation: the library must
+steer new connections away from it and move its queue to a healthy sibling, so that no
+connection fails but those the worker had accepted before it stopped, and (stall2,
+stall4) the others keep up the throughput and the load is even again after SIGCONT. Their
+figures (rates before and during the stall, accepted at the stop, timeouts) go into the
+results line whether or not the checks pass.
+
 Usage: run.py --server PATH --client PATH --strategy S --sysctl 0|1 [--results FILE] SCENARIO
 """
 
@@ -24,7 +32,8 @@ import sys
 import tempfile
 import time
 
-from harness import PORT, Failure, Load, Server, check, failed_of, fds_of, listen_sockets_of, uid_of, wait_for
+from harness import (PORT, Failure, Load, Server, check, describe_stall, failed_of, fds_of, listen_sockets_of,
+                     stall_under_load, uid_of, wait_for)
 
 SCENARIOS = {}
 
@@ -321,15 +330,93 @@ def unprivileged(srv, ctx):
     srv.check_sockets(new)
 
 
+@scenario
+def stall2(srv, ctx):
+    """Two workers, one address, a load at saturation: one worker (not the first) is
+    stopped for 4 s. Nothing fails but what it had accepted; the other keeps at least 90%
+    of the throughput; after SIGCONT both get at least 60% of a fair share again."""
+    stall_scenario(srv, ctx, 2)
+
+
+@scenario
+def stall4(srv, ctx):
+    """stall2 with four workers."""
+    stall_scenario(srv, ctx, 4)
+
+
+@scenario
+def stall_reload(srv, ctx):
+    """Two workers, one stopped; HUP to the master while it is stopped. The new generation
+    starts, the stopped worker gets QUIT and exits once continued (4 s after its stop).
+    Nothing fails but what it had accepted."""
+    def during(master, victim):
+        before = srv.generation(master)
+        srv.signal(master, signal.SIGHUP)
+        wait_for(lambda: srv.generation(master) > before, 10, f"master {master} to start a new generation")
+        gen = srv.generation(master)
+        wait_for(lambda: len({p for p, g in srv.workers_of(master).items() if g == gen} & srv.started()) == 2,
+                 15, f"the 2 workers of generation {gen}")
+
+    def after(master, victim):
+        srv.wait_exit(victim)
+        srv.wait_settled(master)
+
+    stall_scenario(srv, ctx, 2, during=during, after=after, even=False)
+
+
+@scenario
+def stall_upgrade(srv, ctx):
+    """Two workers, one stopped; binary upgrade while it is stopped: USR2, then QUIT to
+    the old master. The old master exits once the stopped worker, continued 4 s after its
+    stop, has. Nothing fails but what it had accepted."""
+    masters = {}
+
+    def during(master, victim):
+        old, new = start_upgrade(srv)
+        check(listen_sockets_of(new) == [], "the new master released its sockets")
+        srv.signal(old, signal.SIGQUIT)
+        masters["new"] = new
+
+    def after(master, victim):
+        srv.wait_exit(master)
+        check(not os.path.exists(srv.pid_path + ".oldbin"), "the .oldbin pid file is gone")
+        check(srv.master() == masters["new"], "the pid file names the new master")
+
+    stall_scenario(srv, ctx, 2, during=during, after=after, even=False)
+
+
+def stall_scenario(srv, ctx, workers, during=None, after=None, even=True):
+    """The stall scenarios (harness.stall_under_load): `workers` workers on one address,
+    the last spawned one stopped; during(master, victim) runs while it is stopped,
+    after(master, victim) once it is continued. With even, the ok rate during the stall is
+    checked against the steady one, and a separate load after SIGCONT must reach every
+    worker of the master then running (the pid file's) evenly. The checks run after the
+    figures are recorded (ctx.checks)."""
+    srv.configure(workers, [f"127.0.0.1:{PORT}"])
+    srv.start()
+    master = srv.master()
+    victim = list(srv.workers_of(master))[-1]  # in spawn order: not the first, which adopted the sockets
+    ctx.result, ctx.figures, checks = stall_under_load(
+        ctx.load, srv.signal, victim, PORT, during=during and (lambda: during(master, victim)),
+        after=after and (lambda: after(master, victim)),
+        workers=(lambda: srv.workers_of(srv.master())) if even else None)
+    ctx.checks += checks
+    srv.check_sockets(srv.master())
+
+
 class Context:
     def __init__(self, args, workdir):
         self.args, self.workdir, self.result = args, workdir, None
         self.loads = []
+        self.figures = {}  # what a scenario measured beyond the load's counts, for the results line
+        self.checks = []  # (ok, what): checked once the results line is written
 
-    def load(self, targets=None, rate=None):
+    def load(self, targets=None, rate=None, concurrency=None, **kw):
+        """A load client in the background (harness.Load; kw: its timeout_ms, duration,
+        timeline_ms); rate and concurrency default to the command line's."""
         rate = self.args.rate if rate is None else min(rate, self.args.rate or rate)
         load = Load(self.args.client, self.workdir, targets or [f"127.0.0.1:{PORT}"],
-                    concurrency=self.args.concurrency, rate=rate)
+                    concurrency=concurrency or self.args.concurrency, rate=rate, **kw)
         self.loads.append(load)
         return load
 
@@ -365,10 +452,15 @@ def main():
         summary = (f"{name}: requests={r['requests']} ok={r['ok']} refused={r['refused']} reset={r['reset']} "
                    f"timeout={r['timeout']} other={r['other']} in_flight_at_death={lost} workers_seen={len(r['workers'])}")
         print(summary)
+        if ctx.figures:
+            print(f"{name}: {describe_stall(ctx.figures)}")
         if args.results:
             with open(args.results, "a") as f:
                 f.write(json.dumps({"scenario": args.scenario, "strategy": args.strategy,
-                                    "tcp_migrate_req": args.sysctl, "in_flight_at_death": lost, **r}) + "\n")
+                                    "tcp_migrate_req": args.sysctl, "in_flight_at_death": lost, **r,
+                                    **ctx.figures}) + "\n")
+        for ok, what in ctx.checks:
+            check(ok, what)
         got = {ev.get("strategy") for ev in srv.events() if ev["event"] == "strategy"}
         if args.strategy != "auto":
             expected = args.strategy.split("-")[0]
@@ -376,7 +468,10 @@ def main():
         if args.strategy in ("bpf", "sysctl"):
             # Nothing that waited in a listen queue may be lost; only what a dead process
             # had already accepted.
-            check(failed <= lost, f"{failed} connections failed, but dead workers had only {lost} in flight")
+            # A stopped worker's accepted connections time out too (the stall scenarios).
+            held = ctx.figures.get("accepted_at_stop", 0)
+            check(failed <= lost + held, f"{failed} connections failed, but dead workers had only {lost} in flight"
+                  + (f" and the stopped one had accepted {held}" if held else ""))
         else:
             print(f"{name}: recorded, {failed} failed without migration")
     except Failure as e:
