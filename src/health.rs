@@ -161,7 +161,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     d
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid != 0
         && (unsafe { libc::kill(pid as i32, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
@@ -197,6 +197,9 @@ impl Steering {
             let (pid, inode) = (t.pid[i].load(Ordering::Relaxed), t.inode[i].load(Ordering::Relaxed));
             if st.slots[i].owner != (pid, inode) {
                 st.slots[i] = SlotMemory { owner: (pid, inode), ..Default::default() };
+            }
+            if pid == 0 {
+                continue; // being claimed right now
             }
             if !alive(pid) {
                 if t.flags[i].compare_exchange(flags, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {

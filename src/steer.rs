@@ -168,8 +168,20 @@ impl Steering {
     /// into the sockarray: from then on the program may choose it.
     pub fn claim(self: &Arc<Self>, sock: BorrowedFd<'_>, inode: u64, backlog: i32) -> Result<SlotClaim, String> {
         let t = self.table();
+        let free = |i: usize| t.flags[i].compare_exchange(0, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        // A slot whose owner died without freeing it (killed) is free too: the master's
+        // watch frees those, but a server may not run one.
+        let orphaned = |i: usize| {
+            let f = t.flags[i].load(Ordering::Acquire);
+            let pid = t.pid[i].load(Ordering::Relaxed);
+            f != 0
+                && pid != 0 // 0: being claimed right now
+                && !crate::health::alive(pid)
+                && t.flags[i].compare_exchange(f, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        };
         let slot = (0..SLOTS)
-            .find(|&i| t.flags[i].compare_exchange(0, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+            .find(|&i| free(i))
+            .or_else(|| (0..SLOTS).find(|&i| orphaned(i)))
             .ok_or_else(|| format!("all {SLOTS} steering slots are taken (more workers than the library supports)"))?;
         t.beats[slot].store(0, Ordering::Relaxed);
         t.queue[slot].store(0, Ordering::Relaxed);

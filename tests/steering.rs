@@ -143,3 +143,41 @@ fn the_watch_marks_a_stalled_slot_moves_its_queue_and_brings_it_back() {
 fn watch(s: &Steering, threshold: Duration) {
     s.watch(threshold);
 }
+
+#[test]
+fn a_worker_whose_queue_keeps_growing_is_overloaded_until_it_catches_up() {
+    let Some(s) = steering_or_skip("a_worker_whose_queue_keeps_growing_is_overloaded_until_it_catches_up") else {
+        return;
+    };
+    let addr = s.addr;
+    let (a, b) = (member(addr, &s), member(addr, &s));
+    let ca = s.claim(a.as_fd(), inode(&a), 1024).unwrap();
+    let cb = s.claim(b.as_fd(), inode(&b), 1024).unwrap();
+    let threshold = Duration::from_millis(40);
+    // Both beat (their loops run), only `b` accepts: `a`'s queue grows at every tick.
+    let mut clients = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let overloaded = loop {
+        ca.beat();
+        cb.beat();
+        clients.extend(connect(addr, 8));
+        accept_all(&b);
+        s.watch(threshold);
+        if s.table().flags[ca.slot].load(Ordering::Acquire) & steer::FLAG_OVERLOADED != 0 {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(reuseport::health::tick_for(threshold));
+    };
+    assert!(overloaded, "a beating worker whose queue grew at every tick is overloaded");
+    assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & FLAG_STALE, 0, "its heartbeat moves: not stalled");
+    let _c = connect(addr, 50);
+    assert_eq!(accept_all(&b), 50, "new connections go to the other worker");
+    // It catches up: back in the choice.
+    accept_all(&a);
+    ca.beat();
+    s.watch(threshold);
+    assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & steer::FLAG_OVERLOADED, 0, "its queue emptied");
+}
