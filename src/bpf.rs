@@ -129,6 +129,10 @@ struct MapCreateAttr {
     inner_map_fd: u32,
     numa_node: u32,
     map_name: [u8; 16],
+    /// map_ifindex, the BTF fields, map_extra...: zero. Passed so that the whole block the
+    /// kernel (and valgrind) may read is initialised; the kernel accepts a longer block
+    /// whose tail is zero.
+    rest: [u32; 16],
 }
 
 /// Creates a map with u32 keys. Needs CAP_BPF.
