@@ -356,6 +356,17 @@ int reuseport_slots(const struct reuseport_set *set,
                     size_t cap);
 
 /**
+ * The master takes its groups' steering back after the new binary of an upgrade exited
+ * (a revert: TERM to the new master, or its crash): the new master's program, with slots
+ * of workers that are gone, would otherwise stay in the groups, unsteered until the next
+ * reload. Joins each steered group for an instant with a fresh socket (root, like the
+ * master's open), attaches this set's program, and closes that socket. Returns the
+ * number of groups reclaimed (0 when none is steered), or a negative errno. Who: the
+ * master, when it reaps the new binary's process.
+ */
+int reuseport_master_reclaim(const struct reuseport_set *set);
+
+/**
  * Installs a logging callback: `callback(level, message, user)` for every message at
  * `max_level` or more severe (levels are syslog's: REUSEPORT_LOG_ERROR = 3 ...
  * REUSEPORT_LOG_DEBUG = 7). Pass NULL to remove it; without one the library is silent.

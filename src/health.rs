@@ -498,3 +498,28 @@ impl crate::Set {
         self.listeners().get(i)?.claim.as_ref().map(|c| c.slot)
     }
 }
+
+impl crate::Set {
+    /// The master takes its groups' steering back: after the new binary of an upgrade
+    /// exited (a revert), its program, with slots of workers that are gone, would stay in
+    /// the groups, and the kernel's hash would spread over the old workers unsteered. A
+    /// program is attached through a member socket, and the master holds none, so it
+    /// joins each group for an instant with a fresh socket, attaches its program, and
+    /// closes it (what the kernel queued on it meanwhile migrates, through the program).
+    /// Returns how many groups it reclaimed.
+    pub fn reclaim_steering(&self) -> crate::Result<usize> {
+        let mut n = 0;
+        for l in self.listeners() {
+            let Some(s) = &l.steering else { continue };
+            let sock = crate::socket::open(&l.addr, &l.options)?;
+            crate::bpf::attach(std::os::fd::AsFd::as_fd(&sock), s.program()).map_err(|e| {
+                crate::Error::sys(&e, crate::Step::Bpf, &l.addr.to_string(), "the steering program could not be attached again; new connections spread by the kernel's hash until the next reload")
+            })?;
+            n += 1;
+        }
+        if n > 0 {
+            log::emit(Level::Info, &format!("took the steering of {n} group(s) back"));
+        }
+        Ok(n)
+    }
+}

@@ -318,6 +318,9 @@ static void reap(void)
             snprintf(old, sizeof old, "%s.oldbin", cf.pid_path);
             rename(old, cf.pid_path);
             rp_log("event=new_master_exit pid=%d status=%s", (int)pid, how);
+            /* Its steering program stays in the groups: ours serves them again. */
+            if (reuseport_master_reclaim(set) < 0)
+                rp_log("reuseport_master_reclaim: %s", reuseport_last_error());
             if (!shutting_down && live_workers(0) == 0)
                 start_generation();
             continue;

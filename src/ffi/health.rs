@@ -136,3 +136,15 @@ pub extern "C" fn reuseport_slots(
         Ok(all.len() as c_int)
     })
 }
+
+/// The master takes its groups' steering back after the new binary of an upgrade exited
+/// (a revert: TERM to the new master, or its crash): the new master's program, with slots
+/// of workers that are gone, would otherwise stay in the groups, unsteered until the next
+/// reload. Joins each steered group for an instant with a fresh socket (root, like the
+/// master's open), attaches this set's program, and closes that socket. Returns the
+/// number of groups reclaimed (0 when none is steered), or a negative errno. Who: the
+/// master, when it reaps the new binary's process.
+#[no_mangle]
+pub extern "C" fn reuseport_master_reclaim(set: *const reuseport_set) -> c_int {
+    guard("reuseport_master_reclaim", || Ok(set_ref(set)?.reclaim_steering()? as c_int))
+}

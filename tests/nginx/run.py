@@ -524,7 +524,24 @@ def stall_upgrade(srv, ctx):
     return stall_scenario(srv, ctx, 2, during=during, after=after, even=False)
 
 
-def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, plain=False):
+@scenario
+def stall_after_revert(srv, ctx):
+    """An upgrade reverted by TERM to the new master (no load yet), then stall2 on the old
+    master's workers. Patched: the new master's steering program stayed in the group when
+    it exited, and the old master takes the steering back, so the stopped worker is
+    steered around as before the upgrade."""
+    def before():
+        old, new = srv.start_upgrade()
+        time.sleep(0.3)
+        srv.signal(new, signal.SIGTERM)
+        srv.wait_exit(new)
+        wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+        time.sleep(0.3)
+
+    return stall_scenario(srv, ctx, 2, before=before)
+
+
+def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, plain=False, before=None):
     """The stall scenarios (harness.stall_under_load): `workers` workers on
     127.0.0.1:8080, the highest-pid one stopped; during(master, workers) runs while it is
     stopped, after(master, workers, victim) once it is continued. With even, the ok rate
@@ -538,6 +555,8 @@ def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, plain=
     else:
         srv.configure(workers, [addr])
     first = srv.start()
+    if before:
+        before()
     master = srv.master()
     victim = first[-1]
     ctx.result, ctx.figures, checks = stall_under_load(

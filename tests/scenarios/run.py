@@ -385,7 +385,24 @@ def stall_upgrade(srv, ctx):
     stall_scenario(srv, ctx, 2, during=during, after=after, even=False)
 
 
-def stall_scenario(srv, ctx, workers, during=None, after=None, even=True):
+@scenario
+def stall_after_revert(srv, ctx):
+    """An upgrade reverted by TERM to the new master, then stall2 on the old master's
+    workers: the new master's steering program stayed in the group when it exited, and
+    the old master takes the steering back (reuseport_master_reclaim()), so the stopped
+    worker is steered around as before the upgrade."""
+    def before():
+        old, new = start_upgrade(srv)
+        time.sleep(0.3)
+        srv.signal(new, signal.SIGTERM)
+        srv.wait_exit(new)
+        wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+        time.sleep(0.3)
+
+    stall_scenario(srv, ctx, 2, before=before)
+
+
+def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, before=None):
     """The stall scenarios (harness.stall_under_load): `workers` workers on one address,
     the last spawned one stopped; during(master, victim) runs while it is stopped,
     after(master, victim) once it is continued. With even, the ok rate during the stall is
@@ -394,6 +411,8 @@ def stall_scenario(srv, ctx, workers, during=None, after=None, even=True):
     figures are recorded (ctx.checks)."""
     srv.configure(workers, [f"127.0.0.1:{PORT}"])
     srv.start()
+    if before:
+        before()
     master = srv.master()
     victim = list(srv.workers_of(master))[-1]  # in spawn order: not the first, which adopted the sockets
     ctx.result, ctx.figures, checks = stall_under_load(
