@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "scenarios"))
 
-from harness import (SS, Failure, accepted_connections, alive, check, proc_net_tcp_rows,  # noqa: E402
+from harness import (SS, Failure, accepted_connections, alive, check, pinned, proc_net_tcp_rows,  # noqa: E402
                      socket_inodes_of, ss_rows, stop_process, wait_for)
 from harness import Load as _Load  # noqa: E402
 from harness import uid_of as _uid_of  # noqa: E402
@@ -296,11 +296,12 @@ class NginxServer:
     def command(self, *args):
         return [self.binary, "-p", self.dir + "/", "-c", self.conf] + list(args)
 
-    def start(self):
+    def start(self, cpus=None):
         """nginx daemonizes: the command returns once the master runs (its listen sockets
-        are open by then); then waits for the pid file and the workers."""
+        are open by then); then waits for the pid file and the workers. cpus: bind nginx
+        (and every process it forks) to these."""
         p = subprocess.run(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=30)
+                           stderr=subprocess.STDOUT, text=True, timeout=30, preexec_fn=pinned(cpus))
         check(p.returncode == 0, f"nginx did not start (exit {p.returncode}): {p.stdout.strip()}")
         master = wait_for(self.master, 10, "the pid file")
         self.masters.add(master)

@@ -47,7 +47,7 @@ import traceback
 # nginx_harness puts tests/scenarios on the path and re-exports harness.py's helpers.
 from nginx_harness import (Failure, Load, NginxServer, become_subreaper, check, listen_sockets_of, listening_addresses,
                            ncpu, reap, uid_of, wait_for)
-from harness import describe_stall, stall_under_load
+from harness import SERVER_CPUS, describe_stall, stall_under_load
 
 PORT = 8080
 BOTH = [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"]
@@ -554,7 +554,7 @@ def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, plain=
         srv.configure(workers, [], servers=[[addr]])
     else:
         srv.configure(workers, [addr])
-    first = srv.start()
+    first = srv.start(cpus=SERVER_CPUS)  # the load client runs on the other CPU (STALL_LOAD)
     if before:
         before()
     master = srv.master()

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from harness import (PORT, Failure, Load, Server, check, describe_stall, failed_of, fds_of, listen_sockets_of,
+from harness import (PORT, SERVER_CPUS, Failure, Load, Server, check, describe_stall, failed_of, fds_of, listen_sockets_of,
                      stall_under_load, uid_of, wait_for)
 
 SCENARIOS = {}
@@ -410,7 +410,7 @@ def stall_scenario(srv, ctx, workers, during=None, after=None, even=True, before
     worker of the master then running (the pid file's) evenly. The checks run after the
     figures are recorded (ctx.checks)."""
     srv.configure(workers, [f"127.0.0.1:{PORT}"])
-    srv.start()
+    srv.start(cpus=SERVER_CPUS)  # the load client runs on the other CPU (STALL_LOAD)
     if before:
         before()
     master = srv.master()
