@@ -127,8 +127,8 @@ def main():
           f"connections in flight, a new connection per request, no rate cap, {STALL_LOAD['timeout_ms']} ms client "
           f"timeout; steady rate from 0.5 s to the stop at {STALL_STEADY_S:g} s and in the {STALL_AFTER_S:g} s "
           f"after SIGCONT (from +0.3 s). {args.rounds} round"
-          f"{'s' if args.rounds > 1 else ''}; Linux {uname.release}, {os.cpu_count()} CPUs (client and server share "
-          f"them); net.ipv4.tcp_migrate_req=0; {(time.monotonic() - started) / 60:.1f} min.\n")
+          f"{'s' if args.rounds > 1 else ''}; Linux {uname.release}, {os.cpu_count()} CPUs (the client on one, the "
+          f"server on the others); net.ipv4.tcp_migrate_req=0; {(time.monotonic() - started) / 60:.1f} min.\n")
     print("| setup | " + " | ".join(c[0] for c in COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for name, *_ in SETUPS:
