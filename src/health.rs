@@ -168,11 +168,24 @@ pub(crate) fn alive(pid: u32) -> bool {
 }
 
 impl Steering {
+    fn family(&self) -> i32 {
+        if self.addr.is_ipv6() {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        }
+    }
+
     /// One tick of the watch over this group's slots.
     pub fn watch(&self, threshold: Duration) {
-        let family = if self.addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+        self.watch_with(threshold, &diag::tcp_listeners(&[self.family()]));
+    }
+
+    /// One tick, given this tick's listeners of the group's address family (one sock_diag
+    /// query serves every group of a set).
+    fn watch_with(&self, threshold: Duration, listeners: &io::Result<HashMap<u64, diag::Listener>>) {
         let mut st = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-        let listeners = match diag::tcp_listeners(&[family]) {
+        let listeners = match listeners {
             Ok(l) => {
                 st.diag_failed = false;
                 l
@@ -228,7 +241,7 @@ impl Steering {
             }
             self.report(i, pid, &d, queue.unwrap_or(0), threshold);
             if d.rescue {
-                self.rescue(&mut st, i, &listeners);
+                self.rescue(&mut st, i, listeners);
             }
         }
     }
@@ -466,8 +479,14 @@ impl crate::Set {
         if groups.is_empty() {
             return None;
         }
+        let mut by_family: Vec<(i32, io::Result<HashMap<u64, diag::Listener>>)> = Vec::new();
         for s in groups {
-            s.watch(self.health_threshold);
+            let family = s.family();
+            if !by_family.iter().any(|(f, _)| *f == family) {
+                by_family.push((family, diag::tcp_listeners(&[family])));
+            }
+            let (_, listeners) = by_family.iter().find(|(f, _)| *f == family).expect("pushed above");
+            s.watch_with(self.health_threshold, listeners);
         }
         Some(tick_for(self.health_threshold))
     }
