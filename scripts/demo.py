@@ -99,7 +99,8 @@ def main():
         time.sleep(1)
 
         srv.signal(master, signal.SIGUSR2)
-        wait_for(lambda: os.path.exists(srv.pid_path) and srv.master() != master, 10, "the new master")
+        # None while the new master is writing the file.
+        wait_for(lambda: srv.master() not in (None, master), 10, "the new master")
         new = srv.master()
         srv.wait_settled(new)
         say(f"binary upgrade (USR2): new master {new} opened its own sockets and runs 2 workers;"

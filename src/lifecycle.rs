@@ -205,6 +205,9 @@ impl Set {
         }
         self.require_listeners("open")?;
         self.open_all(false)?;
+        for s in self.listeners.iter().filter_map(|l| l.steering.as_ref()) {
+            s.note_open();
+        }
         let migrates = self.listeners.iter().any(|l| l.applied.as_ref().is_some_and(|a| a.strategy.migrates()));
         if migrates && self.close_token.is_none() {
             // Without it the workers' sockets still leave their groups, only not in turn.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result, Step};
 use crate::lifecycle::{Role, Set};
 use crate::log::{self, Level};
-use crate::steer::{SlotClaim, FLAG_CLAIMED, FLAG_RETIRING, FLAG_STALE, SLOTS};
+use crate::steer::SlotClaim;
 use crate::strategy::Strategy;
 
 /// How long a retiring process waits for its turn to close: closes take microseconds, so
@@ -208,7 +208,7 @@ impl Set {
         loop {
             let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
             any_sibling = waiting < claims.len();
-            if waiting == 0 || !claims.iter().any(|c| sibling_coming(c)) {
+            if waiting == 0 || !claims.iter().any(|c| c.steering.sibling_coming(c.slot, STEER_PATIENCE)) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -272,28 +272,4 @@ impl Set {
         self.drain = timing;
         Ok(())
     }
-}
-
-/// Whether another socket of `c`'s group might become eligible soon: a slot being
-/// claimed or stalled, or a listener of the port the table does not know yet (a reload's
-/// master socket, waiting for its first worker).
-fn sibling_coming(c: &SlotClaim) -> bool {
-    use std::sync::atomic::Ordering;
-    let t = c.steering.table();
-    let mut known_gone = Vec::new();
-    for i in 0..SLOTS {
-        let f = t.flags[i].load(Ordering::Acquire);
-        if f & FLAG_CLAIMED == 0 {
-            continue;
-        }
-        if f & (FLAG_RETIRING | FLAG_STALE) == 0 && i != c.slot {
-            return true;
-        }
-        known_gone.push(t.inode[i].load(Ordering::Relaxed));
-    }
-    let addr = c.steering.addr;
-    let family = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
-    crate::diag::tcp_listeners(&[family])
-        .map(|ls| ls.iter().any(|(ino, l)| l.port == addr.port() && !known_gone.contains(ino)))
-        .unwrap_or(false)
 }

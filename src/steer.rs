@@ -67,6 +67,9 @@ pub struct Table {
     pub backlog: [AtomicI32; SLOTS],
     /// The accept queue length the watch saw last (for status reports).
     pub queue: [AtomicU32; SLOTS],
+    /// CLOCK_MONOTONIC milliseconds of the master's latest open: a first worker is coming
+    /// to adopt that socket (a reload), and a retiring worker may wait for it.
+    pub opened_at_ms: AtomicU64,
 }
 
 const TABLE_SIZE: usize = std::mem::size_of::<Table>();
@@ -158,6 +161,25 @@ impl Steering {
         self.table_map.as_fd()
     }
 
+    /// The master opened a socket of this group: its first worker will claim a slot soon.
+    pub fn note_open(&self) {
+        self.table().opened_at_ms.store(monotonic_ms(), Ordering::Release);
+    }
+
+    /// Whether another socket of the group may become eligible soon: a slot other than
+    /// `except` being claimed or stalled, or a master's open less than `within` ago (its
+    /// first worker is starting). Another generation's sockets (an upgrade) are not in
+    /// this table and are not waited for: its program chooses among its own slots.
+    pub fn sibling_coming(&self, except: usize, within: std::time::Duration) -> bool {
+        let t = self.table();
+        let claimed_elsewhere = (0..SLOTS).any(|i| {
+            let f = t.flags[i].load(Ordering::Acquire);
+            i != except && f & FLAG_CLAIMED != 0 && f & FLAG_RETIRING == 0
+        });
+        let opened = t.opened_at_ms.load(Ordering::Acquire);
+        claimed_elsewhere || (opened != 0 && monotonic_ms().saturating_sub(opened) < within.as_millis() as u64)
+    }
+
     /// Whether some slot other than `except` is eligible now.
     pub fn has_eligible(&self, except: &[usize]) -> bool {
         let t = self.table();
@@ -196,6 +218,13 @@ impl Steering {
         t.flags[slot].fetch_or(FLAG_MEMBER, Ordering::AcqRel);
         Ok(SlotClaim { steering: Arc::clone(self), slot, owner: std::process::id() })
     }
+}
+
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// A slot this process holds; dropping it (after the socket is closed) frees the slot.

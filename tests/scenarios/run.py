@@ -126,8 +126,9 @@ def start_upgrade(srv):
     """USR2 to the master; returns (old, new) once the new master runs its workers."""
     old = srv.master()
     srv.signal(old, signal.SIGUSR2)
-    wait_for(lambda: os.path.exists(srv.pid_path + ".oldbin") and os.path.exists(srv.pid_path)
-             and srv.master() != old, 10, "the new master's pid file")
+    # master() is None while the new master is writing the file.
+    wait_for(lambda: os.path.exists(srv.pid_path + ".oldbin") and srv.master() not in (None, old), 10,
+             "the new master's pid file")
     new = srv.master()
     srv.wait_settled(new)
     return old, new
