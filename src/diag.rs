@@ -115,6 +115,13 @@ fn dump(sock: &OwnedFd, family: u8, out: &mut HashMap<u64, Listener>) -> io::Res
     }
 }
 
+/// Whether another TCP listener than socket `inode` listens on `addr`'s port in its
+/// address family (a running group to join). False when sock_diag cannot be read.
+pub fn others_on_port(addr: &std::net::SocketAddr, inode: u64) -> bool {
+    let family = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    tcp_listeners(&[family]).is_ok_and(|ls| ls.iter().any(|(ino, l)| l.port == addr.port() && *ino != inode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

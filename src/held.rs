@@ -18,7 +18,7 @@ pub struct HeldSocket {
     addr: SocketAddr,
 }
 
-fn socket_inode(fd: RawFd) -> Option<u64> {
+pub(crate) fn socket_inode(fd: RawFd) -> Option<u64> {
     // SAFETY: fstat writes into a zeroed struct; any fd value is safe to ask about.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {

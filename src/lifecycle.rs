@@ -324,7 +324,7 @@ impl Set {
             r => return Err(already_open("open", r)),
         }
         self.require_listeners("open")?;
-        self.open_all(true)?;
+        self.open_all_single()?;
         self.role = Role::Single;
         self.opener_pid = None;
         Ok(())
@@ -355,6 +355,17 @@ impl Set {
     /// Opens (and optionally configures) a socket for every listener and gives its group
     /// the set's strategy; on failure closes those it opened and changes nothing.
     fn open_all(&mut self, configure: bool) -> Result<()> {
+        self.open_all_as(configure, false)
+    }
+
+    /// open_all() for a process without a master (`nginx -t`, a single-process server),
+    /// which may join a group that servers run: it leaves their program in place (see
+    /// apply_strategy()).
+    fn open_all_single(&mut self) -> Result<()> {
+        self.open_all_as(true, true)
+    }
+
+    fn open_all_as(&mut self, configure: bool, single: bool) -> Result<()> {
         let mut opened: Vec<(OwnedFd, SocketAddr, Applied, Option<Arc<Steering>>)> =
             Vec::with_capacity(self.listeners.len());
         for i in 0..self.listeners.len() {
@@ -366,7 +377,14 @@ impl Set {
             let bound = socket::local_addr(fd.as_fd())
                 .map_err(|e| Error::sys(&e, Step::Bind, &addr.to_string(), "getsockname"))?;
             let steering = self.steering_for(i, &bound, configure);
-            let applied = self.apply_strategy(fd.as_fd(), &bound, steering.as_ref())?;
+            let joins_running = single
+                && crate::held::socket_inode(fd.as_raw_fd())
+                    .is_some_and(|ino| crate::diag::others_on_port(&bound, ino));
+            let applied = if joins_running {
+                self.join_running_group(&bound)?
+            } else {
+                self.apply_strategy(fd.as_fd(), &bound, steering.as_ref())?
+            };
             opened.push((fd, bound, applied, steering));
         }
         // `opened` drops (and closes) everything on the early returns above.
@@ -485,6 +503,25 @@ impl Set {
         }
         let prog = self.program.as_ref().expect("loaded above");
         bpf::attach(sock, prog.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    /// A single process joining a group that other processes run (`nginx -t` beside the
+    /// running server): attaching a program would replace theirs for the whole group (a
+    /// steering program would give way to one that steers nothing), so it attaches none.
+    /// The group's program, if any, then also governs this socket: a steering program
+    /// never selects it (it has no slot), and migrates what it holds when it closes.
+    fn join_running_group(&mut self, addr: &SocketAddr) -> Result<Applied> {
+        let wants_bpf = matches!(self.strategy, Strategy::Auto | Strategy::Bpf);
+        let mut applied = strategy::resolve(
+            self.strategy,
+            if wants_bpf { Ok(()) } else { Err(libc::ENOENT) },
+            probe::tcp_migrate_req(),
+        )
+        .map_err(|(errno, why)| Error::new(errno, Step::Bpf, format!("{addr}: strategy {}: {why}", self.strategy)))?;
+        if wants_bpf {
+            applied.reason = "joined a group that other processes run: its program stays in place".to_string();
+        }
+        Ok(applied)
     }
 
     /// Chooses how this set's groups keep a leaving socket's queue. Before opening.

@@ -181,3 +181,30 @@ fn a_worker_whose_queue_keeps_growing_is_overloaded_until_it_catches_up() {
     s.watch(threshold);
     assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & steer::FLAG_OVERLOADED, 0, "its queue emptied");
 }
+
+#[test]
+fn a_process_joining_without_a_master_leaves_the_groups_program_in_place() {
+    let Some(s) = steering_or_skip("a_process_joining_without_a_master_leaves_the_groups_program_in_place") else {
+        return;
+    };
+    let addr = s.addr;
+    let (a, b) = (member(addr, &s), member(addr, &s));
+    let _ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
+    let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
+    // `nginx -t` beside the running server: it joins the group for a moment.
+    let mut checker = reuseport::Set::new();
+    checker.add_spec(&addr.to_string()).unwrap();
+    checker.open_single().unwrap();
+    let applied = checker.listeners()[0].applied.clone().unwrap();
+    assert!(applied.reason.contains("stays in place"), "{applied:?}");
+    let joined: TcpListener = {
+        let fd = checker.fd(0).unwrap();
+        // SAFETY: a duplicate of the checker's socket, owned by this listener.
+        unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(fd)) }
+    };
+    joined.set_nonblocking(true).unwrap();
+    // Still the steering program: the stalled slot and the slotless socket get nothing.
+    s.table().flags[cb.slot].fetch_or(FLAG_STALE, Ordering::AcqRel);
+    let _c = connect(addr, 100);
+    assert_eq!((accept_all(&a), accept_all(&b), accept_all(&joined)), (100, 0, 0));
+}
