@@ -122,6 +122,14 @@ def addresses_change(srv, ctx):
     srv.check_sockets(master)
 
 
+def revert_by_term(srv, old, new):
+    """Reverts an upgrade by TERM to the new master; returns once the old one owns the pid
+    file again."""
+    srv.signal(new, signal.SIGTERM)
+    srv.wait_exit(new)
+    wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+
+
 def start_upgrade(srv):
     """USR2 to the master; returns (old, new) once the new master runs its workers."""
     old = srv.master()
@@ -185,9 +193,7 @@ def revert_term(srv, ctx):
     time.sleep(0.5)
     old, new = start_upgrade(srv)
     time.sleep(0.5)
-    srv.signal(new, signal.SIGTERM)
-    srv.wait_exit(new)
-    wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+    revert_by_term(srv, old, new)
     time.sleep(0.3)
     ctx.result = load.stop()
     srv.check_sockets(old)
@@ -395,9 +401,7 @@ def stall_after_revert(srv, ctx):
     def before():
         old, new = start_upgrade(srv)
         time.sleep(0.3)
-        srv.signal(new, signal.SIGTERM)
-        srv.wait_exit(new)
-        wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+        revert_by_term(srv, old, new)
         time.sleep(0.3)
 
     stall_scenario(srv, ctx, 2, before=before)
