@@ -58,6 +58,7 @@
 #define RESP_BUF 4096 /* bytes of each response kept for parsing    */
 #define RESERVOIR 100000 /* latency samples kept (reservoir sampling)  */
 #define MAX_FAIL_DETAILS 5
+#define MAX_FAIL_RECORDS 256 /* failures kept with their times for the JSON */
 #define UNTIL_POLL_NS 50000000LL /* --until-file polled at most every 50 ms */
 #define MAX_OTHER_KINDS 32
 #define LOCAL_ERR_BACKOFF_NS 1000000LL /* see start_request()              */
@@ -148,6 +149,16 @@ static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
 
 static int64_t max_start_lag_ns;
 static uint64_t fail_details_printed;
+
+/* The first failures, so that a test can line each up with its own events (a listener
+ * closing): kind, phase, and when the connection started and failed (ns since t0). */
+struct fail_record {
+    enum kind kind;
+    enum state phase;
+    int64_t start_ns, end_ns;
+};
+static struct fail_record fail_records[MAX_FAIL_RECORDS];
+static size_t nfail_records;
 static bool quiet_errors;
 
 static volatile sig_atomic_t got_signal;
@@ -220,7 +231,8 @@ static void usage(FILE *out) {
         "The JSON output gives the start as t0_ns (CLOCK_MONOTONIC nanoseconds, as\n"
         "Python's time.monotonic_ns()); with --timeline also \"timeline_ms\" and\n"
         "\"timeline\": [ok completions in [t0 + i*MS, t0 + (i+1)*MS) for each i], up to\n"
-        "the end of the run (the drain after the stop included).\n"
+        "the end of the run (the drain after the stop included). \"failures\" lists\n"
+        "the first %d failures: kind, phase, start_ns and end_ns (since t0).\n"
         "After the stop, requests in flight get at most -t ms, then count as timeout.\n"
         "SIGINT/SIGTERM also stop new requests and print the summary; a second one\n"
         "kills the client.\n"
@@ -240,7 +252,7 @@ static void usage(FILE *out) {
         "that waits for the client to close, ports run out. Exhaustion is NOT worked\n"
         "around: it shows up as other=N (EADDRNOTAVAIL). Several targets (ports or\n"
         "127.0.0.x addresses) multiply the available 4-tuples.\n",
-        MAX_CONCURRENCY, MAX_DURATION_S, MAX_TIMELINE_MS, MAX_FAIL_DETAILS);
+        MAX_CONCURRENCY, MAX_DURATION_S, MAX_TIMELINE_MS, MAX_FAIL_DETAILS, MAX_FAIL_RECORDS);
 }
 
 static bool parse_target(const char *s, struct target *t) {
@@ -460,8 +472,12 @@ static void finish(int i, enum kind k, int err, const char *other_name, const ch
     }
     if (k == K_OTHER)
         note_other(other_name ? other_name : (err ? errno_name(err) : "unknown"));
-    if (k != K_OK)
+    if (k != K_OK) {
         fail_detail(k, s, err, what, now);
+        if (nfail_records < MAX_FAIL_RECORDS)
+            fail_records[nfail_records++] =
+                (struct fail_record){k, s->state, s->start_ns - t0_ns, now - t0_ns};
+    }
     if (s->fd >= 0) {
         close(s->fd); /* normal close, also removes it from the epoll set */
         s->fd = -1;
@@ -1134,6 +1150,13 @@ int main(int argc, char **argv) {
         }
         printf("]},\"max_start_lag_ms\":%.3f,\"t0_ns\":%" PRId64, (double)max_start_lag_ns / 1e6,
                t0_ns);
+        printf(",\"failures\":[");
+        for (size_t i = 0; i < nfail_records; i++)
+            printf("%s{\"kind\":\"%s\",\"phase\":\"%s\",\"start_ns\":%" PRId64
+                   ",\"end_ns\":%" PRId64 "}",
+                   i ? "," : "", kind_name[fail_records[i].kind], phase_name[fail_records[i].phase],
+                   fail_records[i].start_ns, fail_records[i].end_ns);
+        putchar(']');
         if (timeline) {
             size_t n = (size_t)((end_ns - t0_ns) / timeline_ns) + 1;
             if (n > ntimeline)
