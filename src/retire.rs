@@ -103,10 +103,15 @@ impl Set {
                     closed += 1;
                 }
             }
-            self.end_turn(turn);
-            if (0..self.listeners().len()).all(|i| !drains(self, i) || self.listeners()[i].fd.is_none()) {
-                self.close_for_retire();
+            let all_closed = (0..self.listeners().len()).all(|i| !drains(self, i) || self.listeners()[i].fd.is_none());
+            if all_closed {
+                // Logged at once, not after the turn's gap: tests line up the instant of
+                // the close with what their clients saw.
                 log::emit(Level::Info, &format!("retired: closed {closed} listen socket(s); their queues migrate"));
+            }
+            self.end_turn(turn);
+            if all_closed {
+                self.close_for_retire();
                 return Ok(Progress::Done { handed_over: 0 });
             }
             if self.drain.shrink_backlog {

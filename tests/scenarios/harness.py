@@ -227,6 +227,23 @@ class Server:
             pass
         return out
 
+    def close_instants(self):
+        """When each retiring worker closed its listen sockets (the library logs it at
+        once), as time.monotonic_ns() values; the log's wall-clock milliseconds are
+        truncated, so each instant may be up to 1 ms early."""
+        offset = time.time_ns() - time.monotonic_ns()
+        out = []
+        try:
+            with open(self.log) as f:
+                for line in f:
+                    m = re.match(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.(\d{3}) .*reuseport: retired: closed", line)
+                    if m:
+                        wall = time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S"))
+                        out.append(int(wall) * 1_000_000_000 + int(m.group(2)) * 1_000_000 - offset)
+        except FileNotFoundError:
+            pass
+        return out
+
     def workers_of(self, master):
         """Live workers of a master, from its spawn and exit events: {pid: generation}."""
         live = {}
@@ -316,6 +333,23 @@ class Server:
 def failed_of(result):
     """Every connection of a load client's result that did not get its response."""
     return result["refused"] + result["reset"] + result["timeout"] + result["other"]
+
+
+# How far a close may be logged after the reset it caused: the worker may be preempted
+# between close() and the log line.
+CLOSE_LOG_SLACK_NS = 5_000_000
+
+
+def close_race_resets(result, closes):
+    """The resets of a load client's result that a listener's close can explain: the
+    connection was in flight (started, not yet failed) at the instant a listener closed.
+    With net.ipv4.tcp_migrate_req alone the kernel cannot take a listener out of the
+    choice before it closes, so a handshake completing on it in the microseconds of its
+    close is reset (inet_csk_reqsk_queue_add() finds it no longer listening); the
+    library's program removes the window by steering away first."""
+    t0 = result["t0_ns"]
+    return sum(1 for f in result.get("failures", []) if f["kind"] == "reset" and any(
+        t0 + f["start_ns"] - 1_000_000 <= c <= t0 + f["end_ns"] + CLOSE_LOG_SLACK_NS for c in closes))
 
 
 def cpu_split():
