@@ -467,6 +467,51 @@ def error_log(srv, ctx):
 
 
 @scenario
+@patched_only
+def health_threshold(srv, ctx):
+    """The `reuseport_health_threshold` directive (main context, a time; 0 turns steering
+    off): `nginx -t` refuses a value that is not a time and one above 60s; with 300ms, a
+    worker stopped for 1 s under load is declared stalled after 300 ms (the warning in the
+    error log names the threshold), and its queue goes to the other worker, so no
+    connection fails; after a reload with 200ms, the same with 200 ms. Patched only: stock
+    nginx knows no such directive."""
+    addr = f"127.0.0.1:{PORT}"
+    for value, want in (("soon", "invalid value"), ("2m", "must be at most 60000ms")):
+        srv.configure(2, [addr], extra_main=f"reuseport_health_threshold {value};\n")
+        p = subprocess.run(srv.command("-t"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        check(p.returncode != 0 and want in p.stdout,
+              f"nginx -t with reuseport_health_threshold {value}: exit {p.returncode}, wanted {want!r}: "
+              f"{p.stdout.strip()}")
+        ctx.note(f"reuseport_health_threshold {value}: "
+                 + next(line for line in p.stdout.splitlines() if want in line).strip())
+    srv.configure(2, [addr], extra_main="reuseport_health_threshold 300ms;\n")
+    workers = srv.start()
+    master = srv.master()
+    load = ctx.load([addr], rate=1000, concurrency=16)
+    try:
+        for ms in (300, 200):
+            if ms != 300:
+                # a reload applies a new threshold
+                srv.configure(2, [addr], extra_main=f"reuseport_health_threshold {ms}ms;\n")
+                workers = srv.reload(master)
+            victim = max(workers)
+            srv.signal(victim, signal.SIGSTOP)
+            time.sleep(1)
+            srv.signal(victim, signal.SIGCONT)
+            want = f"worker {victim} (slot"
+            stalled = [line for line in read_lines(srv.log)
+                       if "[warn]" in line and want in line and "is not accepting" in line]
+            check(stalled, f"no [warn] line saying worker {victim} is not accepting in the error log")
+            check(f"waited {ms} ms without a heartbeat" in stalled[0],
+                  f"the warning does not name {ms} ms: {stalled[0].strip()}")
+            ctx.note(f"error log: {stalled[0].strip()}")
+    finally:
+        ctx.result = load.stop()
+    return master
+
+
+@scenario
 def stall2(srv, ctx):
     """Two workers, one reuseport address, a load at saturation: the second worker is
     stopped for 4 s, then continued; a separate load after that tells how evenly the
