@@ -1,7 +1,9 @@
-//! The accept queue of every TCP listener in this network namespace, from the kernel's
-//! sock_diag interface (what `ss -lt` shows as Recv-Q). Needs no privilege; sockets are
-//! told apart by inode, which is how the watch recognises a worker's socket without
-//! holding it.
+//! The accept queue of the TCP listeners on some ports in this network namespace, from the
+//! kernel's sock_diag interface (what `ss -lt` shows as Recv-Q). Needs no privilege;
+//! sockets are told apart by inode, which is how the watch recognises a worker's socket
+//! without holding it. The kernel filters by port (a sock_diag bytecode, as `ss -lt
+//! sport = :80` sends), so a host with thousands of listeners costs the watch nothing
+//! extra per tick.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +16,11 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u32 = 10;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+/// Beyond this many ports the dump is not filtered (a jump over them would not fit in u16).
+const MAX_FILTERED_PORTS: usize = 4096;
 
 #[repr(C)]
 struct Request {
@@ -40,8 +47,9 @@ pub struct Listener {
     pub queue: u32,
 }
 
-/// Every TCP listener of `families` (AF_INET, AF_INET6) in this namespace, by inode.
-pub fn tcp_listeners(families: &[i32]) -> io::Result<HashMap<u64, Listener>> {
+/// The TCP listeners of `families` (AF_INET, AF_INET6) on `ports` (all ports when empty)
+/// in this namespace, by inode.
+pub fn tcp_listeners(families: &[i32], ports: &[u16]) -> io::Result<HashMap<u64, Listener>> {
     // SAFETY: a plain socket(2) call.
     let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if raw < 0 {
@@ -51,14 +59,45 @@ pub fn tcp_listeners(families: &[i32]) -> io::Result<HashMap<u64, Listener>> {
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut out = HashMap::new();
     for &family in families {
-        dump(&sock, family as u8, &mut out)?;
+        dump(&sock, family as u8, &port_filter(ports), &mut out)?;
     }
     Ok(out)
 }
 
-fn dump(sock: &OwnedFd, family: u8, out: &mut HashMap<u64, Listener>) -> io::Result<()> {
+/// sock_diag bytecode accepting a socket whose local port is one of `ports` (empty: no
+/// filter). Each op is {code, yes, no: u16} and a port test carries the port in a second
+/// op's `no`; the kernel moves on by `yes` bytes on a match and `no` otherwise, and
+/// accepts a socket when it lands exactly on the end. Per port but the last: a test
+/// (match: on to the jump; else: over it, to the next test) and a jump to the end. The
+/// last test's miss lands 4 bytes past the end: rejected. Laid out as iproute2's `ss`
+/// compiles `sport = :A or sport = :B`, which the kernel's audit walks in full.
+fn port_filter(ports: &[u16]) -> Vec<u8> {
+    if ports.len() > MAX_FILTERED_PORTS {
+        return Vec::new(); // the jumps are u16: filter nothing rather than wrap
+    }
+    let op = |code: u8, yes: u8, no: u16| {
+        let mut b = vec![code, yes];
+        b.extend_from_slice(&no.to_ne_bytes());
+        b
+    };
+    let mut bc = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        bc.extend(op(INET_DIAG_BC_S_EQ, 8, 12));
+        bc.extend(op(0, 0, port));
+        if i + 1 < ports.len() {
+            // To the end: over itself (4) and what follows it (12 per port left, less the
+            // last port's missing jump).
+            let left = ports.len() - 1 - i;
+            bc.extend(op(INET_DIAG_BC_JMP, 4, (4 + 12 * left - 4) as u16));
+        }
+    }
+    bc
+}
+
+fn dump(sock: &OwnedFd, family: u8, filter: &[u8], out: &mut HashMap<u64, Listener>) -> io::Result<()> {
+    let attr_len = if filter.is_empty() { 0 } else { 4 + filter.len() };
     let req = Request {
-        len: std::mem::size_of::<Request>() as u32,
+        len: (std::mem::size_of::<Request>() + attr_len) as u32,
         kind: SOCK_DIAG_BY_FAMILY,
         flags: NLM_F_REQUEST | NLM_F_DUMP,
         seq: 1,
@@ -70,10 +109,17 @@ fn dump(sock: &OwnedFd, family: u8, out: &mut HashMap<u64, Listener>) -> io::Res
         states: 1 << TCP_LISTEN,
         id: [0; 48],
     };
-    // SAFETY: sending the request struct's bytes; the kernel is the default destination.
-    let sent = unsafe {
-        libc::send(sock.as_raw_fd(), &req as *const Request as *const libc::c_void, std::mem::size_of::<Request>(), 0)
-    };
+    // SAFETY: the request struct's bytes, a repr(C) struct without padding.
+    let head =
+        unsafe { std::slice::from_raw_parts(&req as *const Request as *const u8, std::mem::size_of::<Request>()) };
+    let mut msg = head.to_vec();
+    if !filter.is_empty() {
+        msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        msg.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        msg.extend_from_slice(filter);
+    }
+    // SAFETY: sending a buffer we own, of its length; the kernel is the default destination.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -119,7 +165,8 @@ fn dump(sock: &OwnedFd, family: u8, out: &mut HashMap<u64, Listener>) -> io::Res
 /// address family (a running group to join). False when sock_diag cannot be read.
 pub fn others_on_port(addr: &std::net::SocketAddr, inode: u64) -> bool {
     let family = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
-    tcp_listeners(&[family]).is_ok_and(|ls| ls.iter().any(|(ino, l)| l.port == addr.port() && *ino != inode))
+    tcp_listeners(&[family], &[addr.port()])
+        .is_ok_and(|ls| ls.iter().any(|(ino, l)| l.port == addr.port() && *ino != inode))
 }
 
 #[cfg(test)]
@@ -134,9 +181,39 @@ mod tests {
         let _c1 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let ino = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino();
-        let all = tcp_listeners(&[libc::AF_INET]).unwrap();
+        let all = tcp_listeners(&[libc::AF_INET], &[]).unwrap();
         let me = all.get(&ino).expect("our listener is listed");
         assert_eq!(me.port, port);
         assert_eq!(me.queue, 2, "two connections wait to be accepted");
+    }
+
+    #[test]
+    fn the_kernel_filters_by_port() {
+        let ls: Vec<_> = (0..4).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let port = |i: usize| ls[i].local_addr().unwrap().port();
+        let ports_of = |wanted: &[u16]| {
+            let mut got: Vec<u16> = tcp_listeners(&[libc::AF_INET], wanted)
+                .unwrap()
+                .values()
+                .map(|l| l.port)
+                .filter(|p| (0..4).any(|i| port(i) == *p))
+                .collect();
+            got.sort();
+            got
+        };
+        let sorted = |mut v: Vec<u16>| {
+            v.sort();
+            v
+        };
+        assert_eq!(ports_of(&[port(2)]), vec![port(2)]);
+        assert_eq!(ports_of(&[port(0), port(3)]), sorted(vec![port(0), port(3)]));
+        assert_eq!(ports_of(&[port(3), port(1), port(0)]), sorted(vec![port(0), port(1), port(3)]));
+        assert_eq!(ports_of(&[]), sorted((0..4).map(port).collect()), "no filter: every listener");
+        // a port nobody listens on: nothing of ours, and no error
+        let free = (1024..u16::MAX).find(|p| (0..4).all(|i| port(i) != *p)).unwrap();
+        assert!(ports_of(&[free]).is_empty());
+        let many: Vec<u16> =
+            (1024..u16::MAX).filter(|p| (0..4).all(|i| port(i) != *p)).take(200).chain([port(1)]).collect();
+        assert_eq!(ports_of(&many), vec![port(1)], "a long filter still matches its last port");
     }
 }

@@ -178,7 +178,7 @@ impl Steering {
 
     /// One tick of the watch over this group's slots.
     pub fn watch(&self, threshold: Duration) {
-        self.watch_with(threshold, &diag::tcp_listeners(&[self.family()]));
+        self.watch_with(threshold, &diag::tcp_listeners(&[self.family()], &[self.addr.port()]));
     }
 
     /// One tick, given this tick's listeners of the group's address family (one sock_diag
@@ -479,13 +479,19 @@ impl crate::Set {
         if groups.is_empty() {
             return None;
         }
-        let mut by_family: Vec<(i32, io::Result<HashMap<u64, diag::Listener>>)> = Vec::new();
+        // One sock_diag query per address family, for the ports of all its groups.
+        let by_family: Vec<(i32, io::Result<HashMap<u64, diag::Listener>>)> = [libc::AF_INET, libc::AF_INET6]
+            .into_iter()
+            .filter_map(|family| {
+                let mut ports: Vec<u16> =
+                    groups.iter().filter(|s| s.family() == family).map(|s| s.addr.port()).collect();
+                ports.sort_unstable();
+                ports.dedup();
+                (!ports.is_empty()).then(|| (family, diag::tcp_listeners(&[family], &ports)))
+            })
+            .collect();
         for s in groups {
-            let family = s.family();
-            if !by_family.iter().any(|(f, _)| *f == family) {
-                by_family.push((family, diag::tcp_listeners(&[family])));
-            }
-            let (_, listeners) = by_family.iter().find(|(f, _)| *f == family).expect("pushed above");
+            let (_, listeners) = by_family.iter().find(|(f, _)| *f == s.family()).expect("one per family with groups");
             s.watch_with(self.health_threshold, listeners);
         }
         Some(tick_for(self.health_threshold))
