@@ -212,19 +212,23 @@ class Server:
         except (FileNotFoundError, ValueError):
             return None
 
+    def log_lines(self):
+        """The server log's lines so far (none before it exists)."""
+        try:
+            with open(self.log) as f:
+                return f.readlines()
+        except FileNotFoundError:
+            return []
+
     def events(self):
         """The log's event lines as dicts, with the logging pid as 'by'."""
         out = []
-        try:
-            with open(self.log) as f:
-                for line in f:
-                    m = re.search(r"\] (\d+): event=(\S+)(.*)", line)
-                    if m:
-                        ev = dict(kv.split("=", 1) for kv in m.group(3).split() if "=" in kv)
-                        ev["by"], ev["event"] = int(m.group(1)), m.group(2)
-                        out.append(ev)
-        except FileNotFoundError:
-            pass
+        for line in self.log_lines():
+            m = re.search(r"\] (\d+): event=(\S+)(.*)", line)
+            if m:
+                ev = dict(kv.split("=", 1) for kv in m.group(3).split() if "=" in kv)
+                ev["by"], ev["event"] = int(m.group(1)), m.group(2)
+                out.append(ev)
         return out
 
     def close_instants(self):
@@ -233,15 +237,11 @@ class Server:
         truncated, so each instant may be up to 1 ms early."""
         offset = time.time_ns() - time.monotonic_ns()
         out = []
-        try:
-            with open(self.log) as f:
-                for line in f:
-                    m = re.match(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.(\d{3}) .*reuseport: retired: closed", line)
-                    if m:
-                        wall = time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S"))
-                        out.append(int(wall) * 1_000_000_000 + int(m.group(2)) * 1_000_000 - offset)
-        except FileNotFoundError:
-            pass
+        for line in self.log_lines():
+            m = re.match(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.(\d{3}) .*reuseport: retired: closed", line)
+            if m:
+                wall = time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S"))
+                out.append(int(wall) * 1_000_000_000 + int(m.group(2)) * 1_000_000 - offset)
         return out
 
     def workers_of(self, master):

@@ -509,12 +509,9 @@ def main():
     except Failure as e:
         passed = False
         print(f"{name}: FAILED: {e}", file=sys.stderr)
-        try:
-            with open(srv.log) as f:
-                tail = f.readlines()[-30:]
+        tail = srv.log_lines()[-30:]
+        if tail:
             print("last lines of the server log:\n" + "".join(tail), file=sys.stderr)
-        except FileNotFoundError:
-            pass
     finally:
         for load in ctx.loads:
             load.abort()
