@@ -57,9 +57,10 @@ pub fn tcp_listeners(families: &[i32], ports: &[u16]) -> io::Result<HashMap<u64,
     }
     // SAFETY: a fresh fd owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let filter = port_filter(ports);
     let mut out = HashMap::new();
     for &family in families {
-        dump(&sock, family as u8, &port_filter(ports), &mut out)?;
+        dump(&sock, family as u8, &filter, &mut out)?;
     }
     Ok(out)
 }
@@ -85,10 +86,10 @@ fn port_filter(ports: &[u16]) -> Vec<u8> {
         bc.extend(op(INET_DIAG_BC_S_EQ, 8, 12));
         bc.extend(op(0, 0, port));
         if i + 1 < ports.len() {
-            // To the end: over itself (4) and what follows it (12 per port left, less the
-            // last port's missing jump).
+            // To the end: over itself (4) and the ports left (12 each, the last without a
+            // jump: 12 * left - 4).
             let left = ports.len() - 1 - i;
-            bc.extend(op(INET_DIAG_BC_JMP, 4, (4 + 12 * left - 4) as u16));
+            bc.extend(op(INET_DIAG_BC_JMP, 4, (12 * left) as u16));
         }
     }
     bc
