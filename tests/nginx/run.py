@@ -473,7 +473,8 @@ def health_threshold(srv, ctx):
     off): `nginx -t` refuses a value that is not a time and one above 60s; with 300ms, a
     worker stopped for 1 s under load is declared stalled after 300 ms (the warning in the
     error log names the threshold), and its queue goes to the other worker, so no
-    connection fails; after a reload with 200ms, the same with 200 ms. Patched only: stock
+    connection fails; after a reload with 200ms, the same with 200 ms; and after reloads
+    to 0 (steering off) and to 100ms, steering is back, at 100 ms. Patched only: stock
     nginx knows no such directive."""
     addr = f"127.0.0.1:{PORT}"
     for value, want in (("soon", "invalid value"), ("2m", "must be at most 60000ms")):
@@ -490,11 +491,13 @@ def health_threshold(srv, ctx):
     master = srv.master()
     load = ctx.load([addr], rate=1000, concurrency=16)
     try:
-        for ms in (300, 200):
+        for ms in (300, 200, 0, 100):
             if ms != 300:
                 # a reload applies a new threshold
                 srv.configure(2, [addr], extra_main=f"reuseport_health_threshold {ms}ms;\n")
                 workers = srv.reload(master)
+            if ms == 0:
+                continue  # no steering: a stopped worker's share would wait for it
             victim = max(workers)
             srv.signal(victim, signal.SIGSTOP)
             time.sleep(1)
