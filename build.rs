@@ -1,4 +1,4 @@
-//! Generates include/reuseport.h from the `ffi` module's doc comments with cbindgen.
+//! Generates include/reuseport.h from the `capi` module's doc comments with cbindgen.
 //! The header is committed; CI regenerates it and fails when it differs.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ fn main() {
     let header = dir.join("include").join("reuseport.h");
     match cbindgen::Builder::new()
         // Only the C ABI: the core modules' public items are Rust API, not C API.
-        .with_src(dir.join("src/ffi/mod.rs"))
+        .with_src(dir.join("src/capi/mod.rs"))
         .with_config(config)
         .generate()
     {

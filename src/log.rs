@@ -1,11 +1,12 @@
-//! The host's logging hook. Without one the library is silent.
+//! The library's messages and where they go. Without a sink the library is silent.
 //!
-//! Two atomics instead of a lock: a lock held by another thread at fork() would deadlock
-//! the child, and the library promises that calls made in a freshly forked child are safe.
-//! Set the hook once, at startup, before forking.
+//! No lock: a lock held by another thread at fork() would deadlock the child, and the
+//! library promises that calls made in a freshly forked child are safe. The sink is set
+//! once (the C layer installs its bridge to the host's callback on the first
+//! reuseport_set_log_callback()); the level filter is an atomic.
 
-use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// Severity, numbered like syslog's so hosts can map it directly (nginx's NGX_LOG_* too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -16,33 +17,28 @@ pub enum Level {
     Debug = 7,
 }
 
-/// The host's callback, NULL-able (see reuseport_set_log_callback()).
-pub type LogFn = crate::ffi::log::reuseport_log_fn;
+/// Where messages go: one function for the process, installed once.
+pub(crate) type Sink = fn(Level, &str);
 
-static HOOK: AtomicUsize = AtomicUsize::new(0);
-static USER: AtomicUsize = AtomicUsize::new(0);
+static SINK: OnceLock<Sink> = OnceLock::new();
 static MAX_LEVEL: AtomicUsize = AtomicUsize::new(Level::Info as usize);
 
-/// Installs (or, with `None`, removes) the hook. `max_level` filters by severity.
-pub fn set_hook(hook: LogFn, user: *mut c_void, max_level: i32) {
-    HOOK.store(0, Ordering::SeqCst);
-    USER.store(user as usize, Ordering::SeqCst);
-    MAX_LEVEL.store(max_level.clamp(0, Level::Debug as i32) as usize, Ordering::SeqCst);
-    if let Some(f) = hook {
-        HOOK.store(f as usize, Ordering::SeqCst);
-    }
+/// Installs the sink; a second, different sink is refused (false).
+pub(crate) fn install_sink(sink: Sink) -> bool {
+    let installed = *SINK.get_or_init(|| sink);
+    installed as usize == sink as usize
 }
 
-pub fn emit(level: Level, message: &str) {
-    let f = HOOK.load(Ordering::SeqCst);
-    if f == 0 || level as usize > MAX_LEVEL.load(Ordering::SeqCst) {
+/// Messages less severe than `level` (a syslog number, clamped) are dropped.
+pub(crate) fn set_max_level(level: i32) {
+    MAX_LEVEL.store(level.clamp(0, Level::Debug as i32) as usize, Ordering::SeqCst);
+}
+
+pub(crate) fn emit(level: Level, message: &str) {
+    if level as usize > MAX_LEVEL.load(Ordering::SeqCst) {
         return;
     }
-    type Callback = unsafe extern "C" fn(i32, *const std::ffi::c_char, *mut c_void);
-    // SAFETY: HOOK only ever holds 0 or a callback stored by set_hook.
-    let f: Callback = unsafe { std::mem::transmute::<usize, Callback>(f) };
-    let text = CString::new(message.replace('\0', "\\0")).expect("NULs replaced");
-    let user = USER.load(Ordering::SeqCst) as *mut c_void;
-    // SAFETY: the host promised a callable function; the string lives across the call.
-    unsafe { f(level as i32, text.as_ptr(), user) };
+    if let Some(sink) = SINK.get() {
+        sink(level, message);
+    }
 }

@@ -1,10 +1,10 @@
 //! What this kernel and this process can do, and why not. Read-only: it opens a socket and
 //! may load (and at once close) the migration program, nothing else.
 
-use std::fs;
-
-use crate::bpf;
 use crate::error::strerror;
+use crate::steering;
+use crate::strategy::{self, Applied, Strategy};
+use crate::sys::{bpf, procfs};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
@@ -23,22 +23,16 @@ pub struct Probe {
     /// Whether this process may move a stalled worker's queue (CAP_SYS_PTRACE).
     pub rescue: bool,
     /// What the default strategy (auto) would give a group opened by this process.
-    pub auto: crate::strategy::Applied,
+    pub auto: Applied,
     /// One line per capability that is missing, with what to do about it.
     pub notes: Vec<String>,
-}
-
-/// net.ipv4.tcp_migrate_req in this network namespace; None when this kernel has none.
-pub fn tcp_migrate_req() -> Option<i32> {
-    fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok().and_then(|s| s.trim().parse().ok())
 }
 
 pub fn probe() -> Probe {
     let so_reuseport = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .and_then(|s| s.set_reuse_port(true))
         .is_ok();
-    let tcp_migrate_req =
-        fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok().and_then(|s| s.trim().parse().ok());
+    let tcp_migrate_req = procfs::tcp_migrate_req();
     let bpf_reuseport = bpf::load_migrate_program().map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
     let kernel_release =
         nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
@@ -68,8 +62,8 @@ pub fn probe() -> Probe {
             hint
         ));
     }
-    let steering = crate::steer::can_steer();
-    let rescue = crate::steer::can_rescue();
+    let steering = steering::can_steer();
+    let rescue = steering::can_rescue();
     if bpf_reuseport.is_ok() {
         if let Err(errno) = steering {
             notes.push(format!(
@@ -80,8 +74,7 @@ pub fn probe() -> Probe {
             notes.push("no CAP_SYS_PTRACE: a stalled worker is steered around, but what it had queued waits for it (run the master as root)".to_string());
         }
     }
-    let auto = crate::strategy::resolve(crate::strategy::Strategy::Auto, bpf_reuseport, tcp_migrate_req)
-        .expect("auto always resolves");
+    let auto = strategy::resolve(Strategy::Auto, bpf_reuseport, tcp_migrate_req).expect("auto always resolves");
     Probe { so_reuseport, tcp_migrate_req, bpf_reuseport, steering, rescue, kernel_release, auto, notes }
 }
 

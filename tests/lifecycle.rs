@@ -19,7 +19,8 @@ fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
 fn bound_addr(set: &Set, i: usize) -> SocketAddr {
     let fd = set.fd(i).expect("held");
     // SAFETY: the set holds fd for the duration of this call.
-    reuseport::socket::local_addr(unsafe { BorrowedFd::borrow_raw(fd) }).unwrap()
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).local_addr().unwrap().as_socket().unwrap()
 }
 
 #[test]

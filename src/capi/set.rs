@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_int};
 
 use super::{c_str, guard, guard_or, guard_query};
 use crate::error::{Error, Step};
-use crate::lifecycle::{Listener, Role, Set};
+use crate::set::{Listener, Role, Set};
 
 /// An opaque set of listen specs and the listen sockets this process holds for them.
 ///
@@ -112,74 +112,6 @@ pub extern "C" fn reuseport_set_add(set: *mut reuseport_set, spec: *const c_char
         let spec = unsafe { c_str(spec, "the listen spec") }?;
         set.add_spec(spec).map(|n| n as c_int)
     })
-}
-
-/// Master, before forking: for every spec, socket (SOCK_CLOEXEC, non-blocking) +
-/// SO_REUSEADDR + SO_REUSEPORT (+ IPV6_V6ONLY) + bind + listen(backlog). No other option is
-/// set: the first worker configures these sockets when it adopts them.
-///
-/// Connections that arrive before the first worker adopts the sockets wait in their
-/// queue and are accepted by that worker (with the options it sets from then on).
-///
-/// A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
-/// every later socket of the group binds it. Also the call to open again after
-/// reuseport_master_release() (reload, or an old master reverting an upgrade).
-///
-/// All or nothing: on failure every socket this call opened is closed. Errors: -EADDRINUSE
-/// (the message says whether a socket without SO_REUSEPORT or another user's group holds
-/// the port), -EACCES (privileged port), -EALREADY (the set already holds sockets).
-/// The fds belong to the set.
-#[no_mangle]
-pub extern "C" fn reuseport_master_open(set: *mut reuseport_set) -> c_int {
-    guard("reuseport_master_open", || set_mut(set)?.master_open().map(|_| 0))
-}
-
-/// Master, right after forking the first worker: closes every listen socket of the set in
-/// this process, keeping the specs and resolved ports. The group stays alive through the
-/// first worker's copies. -EALREADY when called twice, -EINVAL before any open.
-///
-/// Workers forked after this call bind their own sockets with reuseport_worker_bind().
-/// A worker may call it too, to close its sockets and leave the group while keeping the
-/// set (it may then bind again). A socket whose fd was closed or replaced outside the
-/// library is not closed again (a warning is logged).
-#[no_mangle]
-pub extern "C" fn reuseport_master_release(set: *mut reuseport_set) -> c_int {
-    guard("reuseport_master_release", || set_mut(set)?.release().map(|_| 0))
-}
-
-/// First worker, after fork, before dropping privileges: takes over the sockets inherited
-/// from the master (the same open file descriptions; no new socket) and configures them
-/// (buffers, deferred accept, fast open, keepalive).
-///
-/// Fails with -EINVAL when the set holds no inherited sockets (the master did not open, or
-/// already released) or when called in the master itself, and -EBADF when an inherited fd
-/// was closed or replaced between fork and this call; the set is then released (holding
-/// nothing, the fds it no longer recognises left alone) and the worker may fall back to
-/// reuseport_worker_bind(). The fds belong to the set.
-#[no_mangle]
-pub extern "C" fn reuseport_worker_adopt(set: *mut reuseport_set) -> c_int {
-    guard("reuseport_worker_adopt", || set_mut(set)?.adopt().map(|_| 0))
-}
-
-/// Every worker but the first, after fork and **before dropping privileges**: opens and
-/// configures its own SO_REUSEPORT socket for every spec, joining the group the master
-/// opened. A reuseport group only admits sockets of the same effective uid, and ports
-/// below 1024 need CAP_NET_BIND_SERVICE: after setuid() this fails with -EADDRINUSE or
-/// -EACCES and a message that says so.
-///
-/// Call it in a set released by the master (-EALREADY when the set holds sockets: a worker
-/// forked before the release inherited them; free the set or have the master release
-/// first). All or nothing. The fds belong to the set.
-#[no_mangle]
-pub extern "C" fn reuseport_worker_bind(set: *mut reuseport_set) -> c_int {
-    guard("reuseport_worker_bind", || set_mut(set)?.worker_bind().map(|_| 0))
-}
-
-/// A process without a master: open and configure every spec in one call. All or nothing.
-/// The fds belong to the set.
-#[no_mangle]
-pub extern "C" fn reuseport_single_open(set: *mut reuseport_set) -> c_int {
-    guard("reuseport_single_open", || set_mut(set)?.open_single().map(|_| 0))
 }
 
 /// Number of listeners in the set (held or not), or -EINVAL for NULL.

@@ -6,14 +6,14 @@ use std::fs;
 
 /// One socket bound to the port we wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub uid: u32,
     pub listening: bool,
     pub inode: u64,
 }
 
 /// Sockets bound to `port` in this network namespace, listeners first.
-pub fn holders(port: u16) -> Vec<Holder> {
+pub(crate) fn holders(port: u16) -> Vec<Holder> {
     let mut out = Vec::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = fs::read_to_string(path) {
@@ -46,14 +46,6 @@ fn parse_table(text: &str, port: u16) -> Vec<Holder> {
         out.push(Holder { uid, listening, inode });
     }
     out
-}
-
-/// The first port a process without CAP_NET_BIND_SERVICE may bind.
-pub fn unprivileged_port_start() -> u16 {
-    fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1024)
 }
 
 #[cfg(test)]

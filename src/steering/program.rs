@@ -3,7 +3,7 @@
 //! by the connection's hash.
 //!
 //! Eligible means: the slot's socket is in the sockarray and its flags word in the slot
-//! table says it is neither stalled, overloaded nor retiring (steer.rs). The choice is the
+//! table says it is neither stalled, overloaded nor retiring (slots.rs). The choice is the
 //! k-th eligible slot, k = hash mod (number eligible), so the spread stays even over the
 //! eligible ones. When that slot's socket is gone (its process died, its listener
 //! closed), the next eligible one is tried; when neither can be selected the program
@@ -17,10 +17,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use crate::bpf::{self, Insn, SK_PASS};
-use crate::steer::{FLAGS_ELIGIBILITY, FLAG_MEMBER, SLOTS};
+use super::slots::{FLAGS_ELIGIBILITY, FLAG_MEMBER, SLOTS};
+use crate::sys::bpf::{self, Insn, SK_PASS};
 
-pub const STEER_PROGRAM_NAME: &[u8] = b"reuseport_steer";
+pub(crate) const STEER_PROGRAM_NAME: &[u8] = b"reuseport_steer";
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const HELPER_SK_SELECT_REUSEPORT: i32 = 82;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::guard;
 use super::set::{reuseport_set, set_mut};
 use crate::error::Error;
-use crate::retire::{DrainTiming, Progress};
+use crate::set::{DrainTiming, Progress};
 
 /// Receives a connection a draining retire accepted: `fd` (non-blocking, close-on-exec)
 /// now belongs to the callee, who serves it; `index` is the listener it came from.

@@ -1,18 +1,40 @@
-//! The C ABI, and the only code that sees raw pointers and C strings. Every exported body
+//! The C ABI (private: only the `#[no_mangle]` exports leave the crate), and the only
+//! code that sees raw pointers and C strings. Every exported body
 //! runs under [`guard`], so no panic crosses into C and every failure sets the thread's
 //! last-error message.
 //!
 //! Names follow C conventions (`reuseport_set`, `REUSEPORT_ROLE_BOUND`): they are the C API.
 #![allow(non_camel_case_types)]
 
-pub mod error;
-pub mod health;
-pub mod log;
-pub mod options;
-pub mod probe;
-pub mod retire;
-pub mod set;
-pub mod strategy;
+// In lifecycle order: cbindgen writes the header in this order (blank lines keep
+// rustfmt from sorting them).
+// The set: create, add specs, query, free.
+mod set;
+
+mod options;
+
+// The master: open before forking, release after forking the first worker.
+mod master;
+
+// The workers: the first adopts, the others bind.
+mod worker;
+
+// Leaving the groups.
+mod retire;
+
+// Health-aware steering: heartbeat, watch, slots.
+mod health;
+
+// How a group keeps a leaving socket's queue.
+mod strategy;
+
+// What this kernel and process can do.
+mod probe;
+
+// The host's log, and the last error.
+mod log;
+
+mod error;
 
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -87,7 +109,8 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> crate::Result<&'
     if p.is_null() {
         return Err(Error::invalid(format!("{what} is NULL")));
     }
-    CStr::from_ptr(p).to_str().map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+    // SAFETY: non-NULL and NUL-terminated (the caller's contract).
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::set::{listener_at, reuseport_set, set_mut, set_ref};
 use super::{guard, guard_query};
 use crate::error::{Error, Step};
-use crate::steer::SlotState;
+use crate::steering::SlotState;
 
 /// What a worker's slot in a steered group is doing (reuseport_slots()).
 #[repr(C)]

@@ -1,7 +1,9 @@
-//! The library's reuseport eBPF program, assembled here and loaded with bpf(2): no libbpf,
-//! no clang at build time.
+//! bpf(2): loading reuseport programs, creating and updating maps, reading a program's
+//! info, attaching a program to a reuseport group. No libbpf, no clang at build time: the
+//! programs are assembled in Rust (the migration program here, the steering program in
+//! steering/program.rs).
 //!
-//! The program is `r0 = SK_PASS; exit`. Loaded with the select-or-migrate attach type, its
+//! The migration program is `r0 = SK_PASS; exit`. Loaded with the select-or-migrate attach type, its
 //! presence in a reuseport group makes the kernel migrate the queue of a closing listener
 //! to a surviving member (net/core/sock_reuseport.c, reuseport_migrate_sock()); returning
 //! SK_PASS without selecting keeps the kernel's hash spreading.
@@ -13,7 +15,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 pub(crate) const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
 /// SO_ATTACH_REUSEPORT_EBPF from asm-generic/socket.h.
-pub const SO_ATTACH_REUSEPORT_EBPF: i32 = 52;
+pub(crate) const SO_ATTACH_REUSEPORT_EBPF: i32 = 52;
 pub(crate) const SK_PASS: i32 = 1;
 
 /// One eBPF instruction (struct bpf_insn).
@@ -62,7 +64,7 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<i64> {
 
 /// Loads the select-or-migrate program. Needs CAP_BPF (or CAP_SYS_ADMIN); an
 /// unprivileged process gets EPERM, but may attach a program fd it inherited.
-pub fn load_migrate_program() -> io::Result<OwnedFd> {
+pub(crate) fn load_migrate_program() -> io::Result<OwnedFd> {
     let insns = [
         Insn { code: BPF_ALU64_MOV_K, regs: 0, off: 0, imm: SK_PASS },
         Insn { code: BPF_JMP_EXIT, regs: 0, off: 0, imm: 0 },
@@ -186,8 +188,8 @@ pub(crate) fn sockarray_set(map: BorrowedFd<'_>, key: u32, sock: BorrowedFd<'_>)
 /// Attaches `prog` to the reuseport group of `sock`. The program belongs to the group:
 /// sockets that join later run it too, and attaching again replaces it for the whole
 /// group. Needs no privilege when the caller holds the program fd.
-pub fn attach(sock: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
-    crate::socket::setsockopt_int(sock, libc::SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, prog.as_raw_fd())
+pub(crate) fn attach(sock: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    super::socket::setsockopt_int(sock, libc::SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, prog.as_raw_fd())
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -236,9 +238,8 @@ fn prog_info(fd: RawFd) -> io::Result<ProgInfoHead> {
 /// The kernel does not report a program's attach type, and a reuseport program loaded
 /// for plain selection would attach fine but migrate nothing; the library therefore
 /// accepts only a program loaded under its own name.
-pub fn adopt_program(fd: RawFd) -> Result<OwnedFd, String> {
-    // SAFETY: fcntl(F_GETFD) on any int only reports whether it is open.
-    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+pub(crate) fn adopt_program(fd: RawFd) -> Result<OwnedFd, String> {
+    if !super::fd::is_open(fd) {
         return Err(format!("fd {fd} is not open"));
     }
     let info = prog_info(fd).map_err(|e| match e.raw_os_error() {
@@ -258,11 +259,5 @@ pub fn adopt_program(fd: RawFd) -> Result<OwnedFd, String> {
             String::from_utf8_lossy(&info.name[..name_len])
         ));
     }
-    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd we own.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if dup < 0 {
-        return Err(format!("fd {fd}: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: dup is a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+    super::fd::dup_cloexec(fd).map_err(|e| format!("fd {fd}: {e}"))
 }

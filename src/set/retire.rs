@@ -18,14 +18,16 @@
 //! retried by the client (after 1 s), and cookie connections carry fewer TCP options when
 //! timestamps are off.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::close_token::CloseToken;
+use super::listener::Listener;
 use crate::error::{Error, Result, Step};
-use crate::lifecycle::{Role, Set};
 use crate::log::{self, Level};
-use crate::steer::SlotClaim;
+use crate::steering::SlotClaim;
 use crate::strategy::Strategy;
+use crate::sys::socket;
 
 /// How long a retiring process waits for its turn to close: closes take microseconds, so
 /// only a holder that died makes anyone wait this long.
@@ -56,11 +58,21 @@ impl Default for DrainTiming {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Draining {
-    started: Instant,
-    last_accept: Instant,
-    handed_over: u64,
+impl DrainTiming {
+    fn check(&self) -> Result<()> {
+        if self.grace.is_zero() || self.max < self.grace {
+            return Err(Error::new(
+                libc::EINVAL,
+                Step::Lifecycle,
+                format!(
+                    "drain grace {} ms and maximum {} ms: the grace must be positive and not above the maximum",
+                    self.grace.as_millis(),
+                    self.max.as_millis()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where a retire stands after one call.
@@ -72,38 +84,73 @@ pub enum Progress {
     Again(Duration),
 }
 
-impl Set {
+#[derive(Debug, Clone, Copy)]
+struct Draining {
+    started: Instant,
+    last_accept: Instant,
+    handed_over: u64,
+}
+
+/// What a set needs to leave its groups: the drain's timing and progress, and the close
+/// token its master's processes share.
+#[derive(Debug, Default)]
+pub(crate) struct Retirement {
+    drain: DrainTiming,
+    draining: Option<Draining>,
+    /// Shared with the workers forked from this set: they close their sockets in turn.
+    close_token: Option<CloseToken>,
+}
+
+impl Retirement {
+    pub(crate) fn set_drain(&mut self, timing: DrainTiming) -> Result<()> {
+        timing.check()?;
+        self.drain = timing;
+        Ok(())
+    }
+
+    /// A master whose groups migrate creates the token its workers will share.
+    pub(crate) fn ensure_close_token(&mut self) {
+        if self.close_token.is_some() {
+            return;
+        }
+        match CloseToken::new() {
+            Ok(t) => self.close_token = Some(t),
+            // Without it the workers' sockets still leave their groups, only not in turn.
+            Err(e) => log::emit(
+                Level::Warn,
+                &format!(
+                    "cannot create the close token (pipe2: {e}); workers will close their sockets without taking turns"
+                ),
+            ),
+        }
+    }
+
+    /// Forgets a drain in progress (the sockets were closed another way).
+    pub(crate) fn reset(&mut self) {
+        self.draining = None;
+    }
+
     /// One step of leaving the groups. `hand_over(fd, index)` receives each connection a
     /// drain accepts (the server serves it); giving it back (`Some`) refuses it, and it is
-    /// closed.
-    pub fn retire(&mut self, hand_over: &mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>) -> Result<Progress> {
-        match self.role() {
-            Role::MasterOpen | Role::Adopted | Role::Bound | Role::Single => {}
-            r => {
-                return Err(Error::lifecycle(
-                    libc::EINVAL,
-                    format!(
-                        "the set holds no sockets to retire ({}); retire is for a worker leaving its groups",
-                        r.as_str()
-                    ),
-                ))
-            }
-        }
-        let drains =
-            |s: &Set, i: usize| s.listeners()[i].applied.as_ref().is_some_and(|a| a.strategy == Strategy::Drain);
+    /// closed. On `Done`, every listener is closed.
+    pub(crate) fn step(
+        &mut self,
+        listeners: &mut [Listener],
+        hand_over: &mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>,
+    ) -> Progress {
         let now = Instant::now();
         if self.draining.is_none() {
             // Migrating listeners leave at once: the kernel moves their queues, to a
             // member that must not be closing at the same instant (close_token.rs).
-            self.steer_away();
+            steer_away(listeners);
             let turn = self.take_turn();
             let mut closed = 0;
-            for i in 0..self.listeners().len() {
-                if !drains(self, i) && self.listeners_mut()[i].fd.take().is_some() {
+            for l in listeners.iter_mut().filter(|l| !drains(l)) {
+                if l.fd.take().is_some() {
                     closed += 1;
                 }
             }
-            let all_closed = (0..self.listeners().len()).all(|i| !drains(self, i) || self.listeners()[i].fd.is_none());
+            let all_closed = listeners.iter().all(|l| l.fd.is_none());
             if all_closed {
                 // Logged at once, not after the turn's gap: tests line up the instant of
                 // the close with what their clients saw.
@@ -111,18 +158,16 @@ impl Set {
             }
             self.end_turn(turn);
             if all_closed {
-                self.close_for_retire();
-                return Ok(Progress::Done { handed_over: 0 });
+                close_all(listeners);
+                return Progress::Done { handed_over: 0 };
             }
             if self.drain.shrink_backlog {
                 // Not on deferred listeners: their connections wait as requests until data
                 // arrives, then need a place in the accept queue, which a backlog of 0
                 // limits to one; they would be dropped.
-                for l in self.listeners().iter().filter(|l| !l.options.deferred) {
+                for l in listeners.iter().filter(|l| !l.options.deferred) {
                     if let Some(held) = &l.fd {
-                        // SAFETY: listen() on a socket this set holds.
-                        if unsafe { libc::listen(held.raw(), 0) } != 0 {
-                            let e = std::io::Error::last_os_error();
+                        if let Err(e) = socket::listen(held.borrow(), 0) {
                             log::emit(Level::Warn, &format!("{}: drain: listen(0): {e}", l.addr));
                         }
                     }
@@ -131,42 +176,7 @@ impl Set {
             self.draining = Some(Draining { started: now, last_accept: now, handed_over: 0 });
         }
 
-        let mut accepted = 0u64;
-        for i in 0..self.listeners().len() {
-            let Some(held) = self.listeners()[i].fd.as_ref() else { continue };
-            let fd = held.raw();
-            let addr = self.listeners()[i].addr;
-            loop {
-                // SAFETY: accept4 on a listening socket this set holds; NULL address out.
-                let c = unsafe {
-                    libc::accept4(
-                        fd,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    )
-                };
-                if c < 0 {
-                    let e = std::io::Error::last_os_error();
-                    match e.raw_os_error() {
-                        Some(libc::EAGAIN) => break,
-                        Some(libc::EINTR | libc::ECONNABORTED) => continue,
-                        _ => {
-                            log::emit(Level::Warn, &format!("{addr}: drain: accept: {e}"));
-                            break;
-                        }
-                    }
-                }
-                accepted += 1;
-                // SAFETY: c is a new connection fd owned by nobody else.
-                let conn = unsafe { OwnedFd::from_raw_fd(c) };
-                let raw = conn.as_raw_fd();
-                if let Some(refused) = hand_over(conn, i) {
-                    drop(refused);
-                    log::emit(Level::Warn, &format!("{addr}: drain: the server refused connection fd {raw}; closed"));
-                }
-            }
-        }
+        let accepted = accept_queued(listeners, hand_over);
         let d = self.draining.as_mut().expect("set above");
         d.handed_over += accepted;
         if accepted > 0 {
@@ -176,7 +186,8 @@ impl Set {
         if idle >= self.drain.grace || elapsed >= self.drain.max {
             let handed_over = d.handed_over;
             let turn = self.take_turn();
-            let n = self.close_for_retire();
+            let n = close_all(listeners);
+            self.draining = None;
             self.end_turn(turn);
             log::emit(
                 Level::Info,
@@ -190,44 +201,9 @@ impl Set {
                     }
                 ),
             );
-            return Ok(Progress::Done { handed_over });
+            return Progress::Done { handed_over };
         }
-        Ok(Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed)))
-    }
-
-    /// Steered listeners first leave the program's choice, so that no new handshake starts
-    /// on a socket about to close: one that completes just as its listener closes cannot
-    /// migrate and is reset. Waits (bounded) for a sibling to be eligible when one is
-    /// coming (a reload's new workers may still be starting), then for the handshakes
-    /// already begun here to complete into the queue, which migrates whole.
-    fn steer_away(&self) {
-        let claims: Vec<&SlotClaim> = self.listeners().iter().filter_map(|l| l.claim.as_ref()).collect();
-        if claims.is_empty() {
-            return;
-        }
-        for c in &claims {
-            c.mark_retiring();
-        }
-        let deadline = Instant::now() + STEER_PATIENCE;
-        let mut any_sibling;
-        loop {
-            let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
-            any_sibling = waiting < claims.len();
-            if waiting == 0 || !claims.iter().any(|c| c.steering.sibling_coming(c.slot, STEER_PATIENCE)) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                log::emit(
-                    Level::Debug,
-                    "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)",
-                );
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if any_sibling {
-            std::thread::sleep(STEER_GAP);
-        }
+        Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed))
     }
 
     fn take_turn(&self) -> bool {
@@ -253,28 +229,82 @@ impl Set {
             }
         }
     }
+}
 
-    /// Whether a retire would accept connections to hand over (some held listener drains).
-    pub fn retire_hands_over(&self) -> bool {
-        self.listeners()
-            .iter()
-            .any(|l| l.fd.is_some() && l.applied.as_ref().is_some_and(|a| a.strategy == Strategy::Drain))
-    }
+/// Whether a listener's group has no migration, so leaving it means draining.
+fn drains(l: &Listener) -> bool {
+    l.applied.as_ref().is_some_and(|a| a.strategy == Strategy::Drain)
+}
 
-    /// Sets the drain's timing (before or during the life of the set).
-    pub fn set_drain(&mut self, timing: DrainTiming) -> Result<()> {
-        if timing.grace.is_zero() || timing.max < timing.grace {
-            return Err(Error::new(
-                libc::EINVAL,
-                Step::Lifecycle,
-                format!(
-                    "drain grace {} ms and maximum {} ms: the grace must be positive and not above the maximum",
-                    timing.grace.as_millis(),
-                    timing.max.as_millis()
-                ),
-            ));
+/// Whether a retire would accept connections to hand over (some held listener drains).
+pub(crate) fn hands_over(listeners: &[Listener]) -> bool {
+    listeners.iter().any(|l| l.fd.is_some() && drains(l))
+}
+
+/// Closes every socket and frees every slot the listeners hold; how many sockets.
+pub(crate) fn close_all(listeners: &mut [Listener]) -> usize {
+    listeners.iter_mut().map(|l| l.close() as usize).sum()
+}
+
+/// Accepts what waits on every held listener and hands it over; how many.
+fn accept_queued(listeners: &[Listener], hand_over: &mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>) -> u64 {
+    let mut accepted = 0u64;
+    for (i, l) in listeners.iter().enumerate() {
+        let Some(held) = l.fd.as_ref() else { continue };
+        loop {
+            let conn = match socket::accept(held.borrow()) {
+                Ok(c) => c,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR | libc::ECONNABORTED) => continue,
+                    _ => {
+                        log::emit(Level::Warn, &format!("{}: drain: accept: {e}", l.addr));
+                        break;
+                    }
+                },
+            };
+            accepted += 1;
+            let raw = conn.as_raw_fd();
+            if let Some(refused) = hand_over(conn, i) {
+                drop(refused);
+                log::emit(Level::Warn, &format!("{}: drain: the server refused connection fd {raw}; closed", l.addr));
+            }
         }
-        self.drain = timing;
-        Ok(())
+    }
+    accepted
+}
+
+/// Steered listeners first leave the program's choice, so that no new handshake starts
+/// on a socket about to close: one that completes just as its listener closes cannot
+/// migrate and is reset. Waits (bounded) for a sibling to be eligible when one is
+/// coming (a reload's new workers may still be starting), then for the handshakes
+/// already begun here to complete into the queue, which migrates whole.
+fn steer_away(listeners: &[Listener]) {
+    let claims: Vec<&SlotClaim> = listeners.iter().filter_map(|l| l.claim.as_ref()).collect();
+    if claims.is_empty() {
+        return;
+    }
+    for c in &claims {
+        c.mark_retiring();
+    }
+    let deadline = Instant::now() + STEER_PATIENCE;
+    let mut any_sibling;
+    loop {
+        let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
+        any_sibling = waiting < claims.len();
+        if waiting == 0 || !claims.iter().any(|c| c.steering.sibling_coming(c.slot, STEER_PATIENCE)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log::emit(
+                Level::Debug,
+                "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)",
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if any_sibling {
+        std::thread::sleep(STEER_GAP);
     }
 }

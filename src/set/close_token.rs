@@ -18,8 +18,11 @@
 //! killed while holding it delays the others, never blocks them.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 #[derive(Debug)]
 pub struct CloseToken {
@@ -29,15 +32,16 @@ pub struct CloseToken {
 
 impl CloseToken {
     pub fn new() -> io::Result<Self> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 fills two fds on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fds owned by nobody else.
-        let token = unsafe { CloseToken { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } };
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let token = CloseToken { read, write };
         token.release();
         Ok(token)
+    }
+
+    /// Takes the token if it is free now: never waits.
+    pub fn try_acquire(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(nix::unistd::read(self.read.as_raw_fd(), &mut byte), Ok(1))
     }
 
     /// Waits up to `patience` for the token; false when it did not come (its holder may
@@ -45,26 +49,23 @@ impl CloseToken {
     pub fn acquire(&self, patience: Duration) -> bool {
         let deadline = Instant::now() + patience;
         loop {
-            let mut byte = 0u8;
-            // SAFETY: a one-byte read into a local.
-            let n = unsafe { libc::read(self.read.as_raw_fd(), &mut byte as *mut u8 as *mut libc::c_void, 1) };
-            if n == 1 {
+            if self.try_acquire() {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            let mut pfd = libc::pollfd { fd: self.read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one pollfd; another process may take the byte first, then we loop.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            // Another process may take the byte first; then the loop waits again.
+            let _ = nix::poll::poll(&mut [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)], PollTimeout::from(ms));
         }
     }
 
     pub fn release(&self) {
-        let byte = 1u8;
-        // SAFETY: a one-byte write; the pipe holds far more than the single token.
-        unsafe { libc::write(self.write.as_raw_fd(), &byte as *const u8 as *const libc::c_void, 1) };
+        // The pipe holds far more than the single token; a failed write (EAGAIN) cannot
+        // happen while only one byte circulates.
+        let _ = nix::unistd::write(&self.write, &[1u8]);
     }
 }
 

@@ -41,7 +41,7 @@ struct Request {
 
 /// A listener as sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listener {
+pub(crate) struct Listener {
     pub port: u16,
     /// Connections waiting in the accept queue.
     pub queue: u32,
@@ -49,7 +49,7 @@ pub struct Listener {
 
 /// The TCP listeners of `families` (AF_INET, AF_INET6) on `ports` (all ports when empty)
 /// in this namespace, by inode.
-pub fn tcp_listeners(families: &[i32], ports: &[u16]) -> io::Result<HashMap<u64, Listener>> {
+pub(crate) fn tcp_listeners(families: &[i32], ports: &[u16]) -> io::Result<HashMap<u64, Listener>> {
     // SAFETY: a plain socket(2) call.
     let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if raw < 0 {
@@ -164,7 +164,7 @@ fn dump(sock: &OwnedFd, family: u8, filter: &[u8], out: &mut HashMap<u64, Listen
 
 /// Whether another TCP listener than socket `inode` listens on `addr`'s port in its
 /// address family (a running group to join). False when sock_diag cannot be read.
-pub fn others_on_port(addr: &std::net::SocketAddr, inode: u64) -> bool {
+pub(crate) fn others_on_port(addr: &std::net::SocketAddr, inode: u64) -> bool {
     let family = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
     tcp_listeners(&[family], &[addr.port()])
         .is_ok_and(|ls| ls.iter().any(|(ino, l)| l.port == addr.port() && *ino != inode))

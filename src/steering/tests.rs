@@ -1,5 +1,5 @@
 //! The steering program and the health watch, on real sockets of one group (loopback,
-//! port 0). Loading the program needs CAP_BPF: without it each test says so and returns.
+//! port 0), through the crate's internals. Loading the program needs CAP_BPF: without it each test says so and returns.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,14 +9,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reuseport::steer::{self, Steering, FLAG_RETIRING, FLAG_STALE};
+use super::slots::{FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE};
+use super::verdict::tick_for;
+use super::{for_group, Steering};
+use crate::sys::fd::dup_cloexec;
 
 fn steering_or_skip(test: &str) -> Option<Arc<Steering>> {
     // A fresh address per test: the registry is per address.
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    match steer::for_group(addr) {
+    match for_group(addr) {
         Ok(s) => Some(s),
         Err(errno) if !nix::unistd::geteuid().is_root() => {
             eprintln!("SKIP {test}: cannot load the steering program (errno {errno}; needs CAP_BPF)");
@@ -32,7 +35,7 @@ fn member(addr: SocketAddr, s: &Steering) -> TcpListener {
     sock.bind(&addr.into()).unwrap();
     sock.listen(128).unwrap();
     sock.set_nonblocking(true).unwrap();
-    reuseport::bpf::attach(sock.as_fd(), s.program()).unwrap();
+    s.attach(sock.as_fd()).unwrap();
     sock.into()
 }
 
@@ -68,11 +71,11 @@ fn new_connections_go_to_eligible_slots_only_and_evenly() {
     assert_eq!(na + nb, 200);
     assert!(na >= 60 && nb >= 60, "both eligible: an even spread expected, got {na}/{nb}");
 
-    s.table().flags[ca.slot].fetch_or(FLAG_STALE, Ordering::AcqRel);
+    s.table().flags(ca.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b)), (0, 100), "a stalled slot gets nothing");
 
-    s.table().flags[ca.slot].fetch_and(!FLAG_STALE, Ordering::AcqRel);
+    s.table().flags(ca.slot).fetch_and(!FLAG_STALE, Ordering::AcqRel);
     cb.mark_retiring();
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b)), (100, 0), "a retiring slot gets nothing");
@@ -90,15 +93,15 @@ fn a_closing_listener_hands_its_queue_to_an_eligible_sibling() {
     let (a, b) = (member(addr, &s), member(addr, &s));
     let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
     let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
-    s.table().flags[cb.slot].fetch_or(FLAG_STALE, Ordering::AcqRel);
+    s.table().flags(cb.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);
     let _c = connect(addr, 50);
     std::thread::sleep(Duration::from_millis(20));
-    s.table().flags[cb.slot].fetch_and(!FLAG_STALE, Ordering::AcqRel);
+    s.table().flags(cb.slot).fetch_and(!FLAG_STALE, Ordering::AcqRel);
     ca.mark_retiring();
     drop(a);
     assert_eq!(accept_all(&b), 50, "all 50 queued on the closed listener moved to its sibling");
     drop(ca);
-    assert_eq!(s.table().flags[0].load(Ordering::Acquire) & FLAG_RETIRING, 0);
+    assert_eq!(s.table().flags(0).load(Ordering::Acquire) & FLAG_RETIRING, 0);
 }
 
 #[test]
@@ -125,7 +128,7 @@ fn the_watch_marks_a_stalled_slot_moves_its_queue_and_brings_it_back() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(served_by_b, 100, "the stalled slot's queue moved to its sibling");
-    let flags = s.table().flags[ca.slot].load(Ordering::Acquire);
+    let flags = s.table().flags(ca.slot).load(Ordering::Acquire);
     assert_ne!(flags & FLAG_STALE, 0, "still marked stalled: its heartbeat did not move");
     // Its socket listens again (the rescue re-listened it), and gets nothing new.
     assert_eq!(accept_all(&a), 0);
@@ -134,7 +137,7 @@ fn the_watch_marks_a_stalled_slot_moves_its_queue_and_brings_it_back() {
     // It beats again: back in the choice.
     ca.beat();
     watch(&s, threshold);
-    assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & FLAG_STALE, 0);
+    assert_eq!(s.table().flags(ca.slot).load(Ordering::Acquire) & FLAG_STALE, 0);
     let _c = connect(addr, 100);
     assert!(accept_all(&a) > 10, "the recovered slot gets its share again");
 }
@@ -163,23 +166,23 @@ fn a_worker_whose_queue_keeps_growing_is_overloaded_until_it_catches_up() {
         clients.extend(connect(addr, 8));
         accept_all(&b);
         s.watch(threshold);
-        if s.table().flags[ca.slot].load(Ordering::Acquire) & steer::FLAG_OVERLOADED != 0 {
+        if s.table().flags(ca.slot).load(Ordering::Acquire) & FLAG_OVERLOADED != 0 {
             break true;
         }
         if Instant::now() > deadline {
             break false;
         }
-        std::thread::sleep(reuseport::health::tick_for(threshold));
+        std::thread::sleep(tick_for(threshold));
     };
     assert!(overloaded, "a beating worker whose queue grew at every tick is overloaded");
-    assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & FLAG_STALE, 0, "its heartbeat moves: not stalled");
+    assert_eq!(s.table().flags(ca.slot).load(Ordering::Acquire) & FLAG_STALE, 0, "its heartbeat moves: not stalled");
     let _c = connect(addr, 50);
     assert_eq!(accept_all(&b), 50, "new connections go to the other worker");
     // It catches up: back in the choice.
     accept_all(&a);
     ca.beat();
     s.watch(threshold);
-    assert_eq!(s.table().flags[ca.slot].load(Ordering::Acquire) & steer::FLAG_OVERLOADED, 0, "its queue emptied");
+    assert_eq!(s.table().flags(ca.slot).load(Ordering::Acquire) & FLAG_OVERLOADED, 0, "its queue emptied");
 }
 
 #[test]
@@ -192,19 +195,15 @@ fn a_process_joining_without_a_master_leaves_the_groups_program_in_place() {
     let _ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
     let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
     // `nginx -t` beside the running server: it joins the group for a moment.
-    let mut checker = reuseport::Set::new();
+    let mut checker = crate::Set::new();
     checker.add_spec(&addr.to_string()).unwrap();
     checker.open_single().unwrap();
     let applied = checker.listeners()[0].applied.clone().unwrap();
     assert!(applied.reason.contains("stays in place"), "{applied:?}");
-    let joined: TcpListener = {
-        let fd = checker.fd(0).unwrap();
-        // SAFETY: a duplicate of the checker's socket, owned by this listener.
-        unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(fd)) }
-    };
+    let joined = TcpListener::from(dup_cloexec(checker.fd(0).unwrap()).unwrap());
     joined.set_nonblocking(true).unwrap();
     // Still the steering program: the stalled slot and the slotless socket get nothing.
-    s.table().flags[cb.slot].fetch_or(FLAG_STALE, Ordering::AcqRel);
+    s.table().flags(cb.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b), accept_all(&joined)), (100, 0, 0));
 }

@@ -117,14 +117,18 @@ unsafe fn read_sockaddr(addr: *const libc::sockaddr, len: libc::socklen_t) -> cr
     if len < std::mem::size_of::<libc::sa_family_t>() {
         return Err(Error::invalid(format!("addrlen {len} is too short for any address")));
     }
-    let family = std::ptr::read_unaligned(std::ptr::addr_of!((*addr).sa_family)) as c_int;
+    // SAFETY: addr points at len >= sizeof(sa_family_t) readable bytes (the caller's
+    // contract); read_unaligned copes with any alignment.
+    let family = unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*addr).sa_family)) } as c_int;
     match family {
         libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            let a = std::ptr::read_unaligned(addr as *const libc::sockaddr_in);
+            // SAFETY: len covers a whole sockaddr_in (checked above).
+            let a = unsafe { std::ptr::read_unaligned(addr as *const libc::sockaddr_in) };
             Ok(SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port))))
         }
         libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            let a = std::ptr::read_unaligned(addr as *const libc::sockaddr_in6);
+            // SAFETY: len covers a whole sockaddr_in6 (checked above).
+            let a = unsafe { std::ptr::read_unaligned(addr as *const libc::sockaddr_in6) };
             Ok(SocketAddr::V6(SocketAddrV6::new(
                 a.sin6_addr.s6_addr.into(),
                 u16::from_be(a.sin6_port),

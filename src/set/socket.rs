@@ -3,20 +3,23 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
 
+use super::held::HeldSocket;
+use super::portowner;
 use crate::error::{Error, Result, Step};
-use crate::held::HeldSocket;
-use crate::portowner;
+use crate::log::{self, Level};
 use crate::spec::{Keepalive, Options};
+use crate::sys::procfs;
+use crate::sys::socket::setsockopt_int;
 
 /// Opens a reuseport listener on `addr` and applies nothing beyond what `bind` and `listen`
 /// need (IPV6_V6ONLY, the backlog): this is the master's "unconfigured" socket.
 ///
 /// The socket is close-on-exec and non-blocking, as nginx's listeners are.
-pub fn open(addr: &SocketAddr, opts: &Options) -> Result<OwnedFd> {
+pub(crate) fn open(addr: &SocketAddr, opts: &Options) -> Result<OwnedFd> {
     let name = addr.to_string();
     let sock = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| Error::sys(&e, Step::Socket, &name, socket_hint(&e)))?;
@@ -37,11 +40,11 @@ pub fn open(addr: &SocketAddr, opts: &Options) -> Result<OwnedFd> {
 
 /// Applies the options that `open` leaves alone. Run by whoever will accept on the socket:
 /// the first worker on the master's socket, every other worker on its own.
-pub fn configure(fd: BorrowedFd<'_>, addr: &SocketAddr, opts: &Options) -> Result<()> {
-    let sock = borrow_socket(fd);
+pub(crate) fn configure(fd: BorrowedFd<'_>, addr: &SocketAddr, opts: &Options) -> Result<()> {
+    let sock = SockRef::from(&fd);
     let name = addr.to_string();
     let so = |e: io::Error, what: &str| Error::sys(&e, Step::Setsockopt, &name, what);
-    let result = (|| {
+    {
         if let Some(n) = opts.rcvbuf {
             sock.set_recv_buffer_size(n as usize).map_err(|e| so(e, "SO_RCVBUF"))?;
             warn_if_capped(&name, "rcvbuf", n, sock.recv_buffer_size(), "net.core.rmem_max");
@@ -80,16 +83,13 @@ pub fn configure(fd: BorrowedFd<'_>, addr: &SocketAddr, opts: &Options) -> Resul
             }
         }
         Ok(())
-    })();
-    // The fd belongs to the caller: never let the temporary Socket close it.
-    let _ = sock.into_raw_fd();
-    result
+    }
 }
 
 /// Checks that an inherited socket is still the listener the master opened on `addr`: a
 /// daemonizing step that closed or reused fds between fork and adopt must fail here, not
 /// in accept().
-pub fn verify_listener(held: &HeldSocket, addr: &SocketAddr) -> Result<()> {
+pub(crate) fn verify_listener(held: &HeldSocket, addr: &SocketAddr) -> Result<()> {
     let fd = held.raw();
     let mismatch = |what: String| {
         Error::new(
@@ -101,34 +101,22 @@ pub fn verify_listener(held: &HeldSocket, addr: &SocketAddr) -> Result<()> {
     if !held.is_intact() {
         return Err(mismatch(format!("is no longer socket inode {}", held.inode())));
     }
-    let sock = borrow_socket(held.borrow());
-    let result = (|| {
-        match sock.local_addr().ok().and_then(|a| a.as_socket()) {
-            Some(a) if a == *addr => {}
-            Some(a) => return Err(mismatch(format!("is bound to {a}"))),
-            None => return Err(mismatch("is not an IP socket".into())),
-        }
-        if !sock.is_listener().unwrap_or(false) {
-            return Err(mismatch("is not listening".into()));
-        }
-        Ok(())
-    })();
-    let _ = sock.into_raw_fd();
-    result
+    let borrowed = held.borrow();
+    let sock = SockRef::from(&borrowed);
+    match sock.local_addr().ok().and_then(|a| a.as_socket()) {
+        Some(a) if a == *addr => {}
+        Some(a) => return Err(mismatch(format!("is bound to {a}"))),
+        None => return Err(mismatch("is not an IP socket".into())),
+    }
+    if !sock.is_listener().unwrap_or(false) {
+        return Err(mismatch("is not listening".into()));
+    }
+    Ok(())
 }
 
 /// The address a socket is bound to (the kernel's choice when the spec said port 0).
-pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let sock = borrow_socket(fd);
-    let a = sock.local_addr();
-    let _ = sock.into_raw_fd();
-    a?.as_socket().ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
-}
-
-fn borrow_socket(fd: BorrowedFd<'_>) -> Socket {
-    // SAFETY: callers hand the fd back with into_raw_fd() before the borrow ends, so the
-    // Socket never closes it.
-    unsafe { Socket::from_raw_fd(fd.as_raw_fd()) }
+pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    SockRef::from(&fd).local_addr()?.as_socket().ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
 }
 
 /// The kernel silently caps buffer sizes at a sysctl (and doubles what it keeps); an
@@ -136,32 +124,14 @@ fn borrow_socket(fd: BorrowedFd<'_>) -> Socket {
 fn warn_if_capped(name: &str, what: &str, wanted: u32, got: io::Result<usize>, sysctl: &str) {
     if let Ok(got) = got {
         if got < 2 * wanted as usize {
-            crate::log::emit(
-                crate::log::Level::Warn,
+            log::emit(
+                Level::Warn,
                 &format!(
                     "{name}: {what}={wanted} was capped to {} by {sysctl}; raise it to get the size asked for",
                     got / 2
                 ),
             );
         }
-    }
-}
-
-pub(crate) fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: a plain int option on a valid fd.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -196,7 +166,7 @@ fn bind_error(e: &io::Error, addr: &SocketAddr) -> Error {
         }
         Some(libc::EACCES) => format!(
             "port {port} is privileged (below net.ipv4.ip_unprivileged_port_start = {}) and this process lacks CAP_NET_BIND_SERVICE: workers must bind (reuseport_worker_bind) before dropping privileges",
-            portowner::unprivileged_port_start()
+            procfs::unprivileged_port_start()
         ),
         Some(libc::EADDRNOTAVAIL) => "no interface of this host (network namespace) has this address".to_string(),
         _ => String::new(),

@@ -1,6 +1,7 @@
 //! Routing the library's messages into the host's log.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::log::{self, Level};
 
@@ -31,5 +32,31 @@ pub const REUSEPORT_LOG_DEBUG: c_int = 7;
 /// worker, on the thread that called the library.
 #[no_mangle]
 pub extern "C" fn reuseport_set_log_callback(callback: reuseport_log_fn, user: *mut c_void, max_level: c_int) {
-    log::set_hook(callback, user, max_level);
+    CALLBACK.store(0, Ordering::SeqCst);
+    USER.store(user as usize, Ordering::SeqCst);
+    log::set_max_level(max_level);
+    if let Some(f) = callback {
+        CALLBACK.store(f as usize, Ordering::SeqCst);
+    }
+    log::install_sink(to_callback);
+}
+
+// The host's callback and its pointer. Atomics, not a lock: see log.rs.
+static CALLBACK: AtomicUsize = AtomicUsize::new(0);
+static USER: AtomicUsize = AtomicUsize::new(0);
+
+type Callback = unsafe extern "C" fn(c_int, *const c_char, *mut c_void);
+
+/// The core's sink: hands each message to the host's callback, if one is installed.
+fn to_callback(level: Level, message: &str) {
+    let f = CALLBACK.load(Ordering::SeqCst);
+    if f == 0 {
+        return;
+    }
+    // SAFETY: CALLBACK only ever holds 0 or a callback stored by reuseport_set_log_callback.
+    let f: Callback = unsafe { std::mem::transmute::<usize, Callback>(f) };
+    let text = CString::new(message.replace('\0', "\\0")).expect("NULs replaced");
+    let user = USER.load(Ordering::SeqCst) as *mut c_void;
+    // SAFETY: the host promised a callable function; the string lives across the call.
+    unsafe { f(level as c_int, text.as_ptr(), user) };
 }

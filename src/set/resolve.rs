@@ -8,7 +8,7 @@ use crate::spec::{Host, ListenSpec};
 
 /// Every address a spec stands for. A name resolving to several addresses yields one
 /// listener each, as nginx does for `listen name:port`.
-pub fn addresses(spec: &ListenSpec) -> Result<Vec<SocketAddr>> {
+pub(crate) fn addresses(spec: &ListenSpec) -> Result<Vec<SocketAddr>> {
     match &spec.host {
         Host::Any => Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), spec.port)]),
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, spec.port)]),

@@ -1,0 +1,140 @@
+//! How a set's reuseport groups keep the connections of a leaving socket: the strategy
+//! asked for, the migration program (loaded once per set, or handed over), and whether
+//! the master's groups are steered (health_threshold above zero).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{strerror, Error, Result, Step};
+use crate::log::{self, Level};
+use crate::steering::{self, verdict, Steering};
+use crate::strategy::{self, Applied, Strategy};
+use crate::sys::{bpf, procfs};
+
+#[derive(Debug)]
+pub(crate) struct Groups {
+    pub(crate) strategy: Strategy,
+    /// The migration program, loaded once per set (or handed over by the caller) and
+    /// inherited by the workers forked from it, who attach it when they bind.
+    program: Option<OwnedFd>,
+    /// Why the program could not be loaded (errno), so each listener does not try again.
+    program_error: Option<i32>,
+    /// How long connections may wait on a worker whose heartbeat stands still before the
+    /// watch steers around it; zero turns steering off (steering/watch.rs).
+    pub(crate) health_threshold: Duration,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            strategy: Strategy::Auto,
+            program: None,
+            program_error: None,
+            health_threshold: verdict::DEFAULT_THRESHOLD,
+        }
+    }
+}
+
+impl Groups {
+    fn wants_bpf(&self) -> bool {
+        matches!(self.strategy, Strategy::Auto | Strategy::Bpf)
+    }
+
+    /// The steering context for a listener bound to `bound`: the one it already has
+    /// (inherited from the master by a worker), or the master's own for this address,
+    /// created on its first open. None when steering is off, the strategy is not the
+    /// library's program, or the program cannot be loaded here (then the plain migration
+    /// program is tried).
+    pub(crate) fn steering_for(
+        &self,
+        existing: Option<&Arc<Steering>>,
+        bound: &SocketAddr,
+        configure: bool,
+    ) -> Option<Arc<Steering>> {
+        if let Some(s) = existing {
+            return Some(Arc::clone(s));
+        }
+        let wants = self.wants_bpf() && !self.health_threshold.is_zero() && self.program.is_none() && !configure; // only a master's open creates one: a single process has no siblings
+        if !wants {
+            return None;
+        }
+        match steering::for_group(*bound) {
+            Ok(s) => Some(s),
+            Err(errno) => {
+                log::emit(
+                    Level::Debug,
+                    &format!("{bound}: no steering: {} (the plain migration program is tried)", strerror(errno)),
+                );
+                None
+            }
+        }
+    }
+
+    /// Gives the group of `sock` the set's strategy: attaches the steering or migration
+    /// program when asked for or automatic, or checks the sysctl.
+    pub(crate) fn apply(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        addr: &SocketAddr,
+        steering: Option<&Arc<Steering>>,
+    ) -> Result<Applied> {
+        let bpf_result = match steering {
+            // The steering program migrates too (same attach type).
+            Some(s) => s.attach(sock).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+            None if self.wants_bpf() => self.attach_program(sock),
+            None => Err(libc::ENOENT),
+        };
+        self.resolve(addr, bpf_result)
+    }
+
+    /// A single process joining a group that other processes run (`nginx -t` beside the
+    /// running server): attaching a program would replace theirs for the whole group (a
+    /// steering program would give way to one that steers nothing), so it attaches none.
+    /// The group's program, if any, then also governs this socket: a steering program
+    /// never selects it (it has no slot), and migrates what it holds when it closes.
+    pub(crate) fn join_running(&self, addr: &SocketAddr) -> Result<Applied> {
+        let mut applied = self.resolve(addr, if self.wants_bpf() { Ok(()) } else { Err(libc::ENOENT) })?;
+        if self.wants_bpf() {
+            applied.reason = "joined a group that other processes run: its program stays in place".to_string();
+        }
+        Ok(applied)
+    }
+
+    fn resolve(&self, addr: &SocketAddr, bpf_result: std::result::Result<(), i32>) -> Result<Applied> {
+        strategy::resolve(self.strategy, bpf_result, procfs::tcp_migrate_req())
+            .map_err(|(errno, why)| Error::new(errno, Step::Bpf, format!("{addr}: strategy {}: {why}", self.strategy)))
+    }
+
+    fn attach_program(&mut self, sock: BorrowedFd<'_>) -> std::result::Result<(), i32> {
+        if self.program.is_none() {
+            if let Some(errno) = self.program_error {
+                return Err(errno);
+            }
+            match bpf::load_migrate_program() {
+                Ok(fd) => self.program = Some(fd),
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    self.program_error = Some(errno);
+                    return Err(errno);
+                }
+            }
+        }
+        let prog = self.program.as_ref().expect("loaded above");
+        bpf::attach(sock, prog.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    /// Uses a migration program the caller holds (inherited across fork or exec from a
+    /// privileged master) instead of loading one.
+    pub(crate) fn use_program(&mut self, fd: RawFd) -> Result<()> {
+        let prog = bpf::adopt_program(fd).map_err(|why| Error::new(libc::EINVAL, Step::Bpf, why))?;
+        self.program = Some(prog);
+        self.program_error = None;
+        Ok(())
+    }
+
+    pub(crate) fn program_fd(&self) -> Option<RawFd> {
+        self.program.as_ref().map(|p| p.as_raw_fd())
+    }
+}

@@ -1,0 +1,428 @@
+//! The set: a server's listen specs and the sockets this process holds for them, moved
+//! through the lifecycle (role.rs) by the master, the first worker and the other workers.
+//!
+//! Every transition is all-or-nothing: when one listener fails, the sockets this call
+//! created are closed and the set is left as it was. The set's methods all live here;
+//! the work they delegate is in the modules below.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result, Step};
+use crate::log::{self, Level};
+use crate::spec::{self, ListenSpec, Options};
+use crate::steering::{self, SlotStatus, Steering};
+use crate::strategy::{Applied, Strategy};
+use crate::sys::{diag, fd::socket_inode};
+
+mod close_token;
+mod groups;
+mod held;
+mod listener;
+mod portowner;
+mod resolve;
+mod retire;
+mod role;
+mod socket;
+
+use groups::Groups;
+use held::HeldSocket;
+pub use listener::Listener;
+use retire::Retirement;
+pub use retire::{DrainTiming, Progress};
+pub use role::Role;
+use role::{transition, Op};
+
+#[derive(Debug)]
+pub struct Set {
+    listeners: Vec<Listener>,
+    role: Role,
+    /// The process that opened the sockets now held; adopting them there would mean the
+    /// caller forgot to fork.
+    opener_pid: Option<u32>,
+    groups: Groups,
+    retirement: Retirement,
+}
+
+impl Default for Set {
+    fn default() -> Self {
+        Set::new()
+    }
+}
+
+fn refused(r: role::Refusal) -> Error {
+    Error::lifecycle(r.errno, r.message)
+}
+
+impl Set {
+    pub fn new() -> Self {
+        Set {
+            listeners: Vec::new(),
+            role: Role::Empty,
+            opener_pid: None,
+            groups: Groups::default(),
+            retirement: Retirement::default(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// The fd of listener `i`, if this process holds it (borrowed: the set closes it).
+    pub fn fd(&self, i: usize) -> Option<RawFd> {
+        self.listeners.get(i)?.fd.as_ref().map(HeldSocket::raw)
+    }
+
+    // ---- specs -------------------------------------------------------------------------
+
+    /// Adds a listen spec in nginx syntax. Returns how many listeners it added (a host name
+    /// may resolve to several addresses).
+    pub fn add_spec(&mut self, text: &str) -> Result<usize> {
+        let spec = spec::parse(text)?;
+        self.add_parsed(&spec, text)
+    }
+
+    fn add_parsed(&mut self, spec: &ListenSpec, text: &str) -> Result<usize> {
+        let addrs = resolve::addresses(spec)?;
+        for a in &addrs {
+            spec.options
+                .validate(a.is_ipv6())
+                .map_err(|e| Error::invalid(format!("invalid listen spec \"{text}\": {a}: {}", e.message)))?;
+        }
+        // Check every address before adding any, so a failed call adds nothing.
+        for a in &addrs {
+            self.check_addable(a)?;
+        }
+        for a in &addrs {
+            self.listeners.push(Listener::new(*a, spec.options));
+        }
+        Ok(addrs.len())
+    }
+
+    /// Adds a listener from an address and options built by the caller (the C struct form).
+    pub fn add_addr(&mut self, addr: SocketAddr, options: Options) -> Result<()> {
+        options.validate(addr.is_ipv6()).map_err(|e| Error::invalid(format!("{addr}: {}", e.message)))?;
+        self.check_addable(&addr)?;
+        self.listeners.push(Listener::new(addr, options));
+        Ok(())
+    }
+
+    fn check_addable(&self, addr: &SocketAddr) -> Result<()> {
+        transition(self.role, Op::Add).map_err(|r| Error::lifecycle(r.errno, format!("{addr}: add: {}", r.message)))?;
+        if addr.port() != 0 && self.listeners.iter().any(|l| l.addr == *addr) {
+            return Err(Error::invalid(format!("{addr}: add: this address is already in the set")));
+        }
+        Ok(())
+    }
+
+    fn require_listeners(&self, what: &str) -> Result<()> {
+        if self.listeners.is_empty() {
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                format!("the set has no listen specs to {what} (add some with reuseport_set_add)"),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- master --------------------------------------------------------------------------
+
+    /// Master: socket + SO_REUSEPORT + bind + listen for every spec, nothing else.
+    /// Also the reload path (open again after release) and the way an old master reverting
+    /// an upgrade gets sockets back.
+    pub fn master_open(&mut self) -> Result<()> {
+        let next = transition(self.role, Op::Open).map_err(refused)?;
+        self.require_listeners("open")?;
+        self.open_all(false, false)?;
+        for s in self.listeners.iter().filter_map(|l| l.steering.as_ref()) {
+            s.note_open();
+        }
+        if self.listeners.iter().any(|l| l.applied.as_ref().is_some_and(|a| a.strategy.migrates())) {
+            self.retirement.ensure_close_token();
+        }
+        self.role = next;
+        self.opener_pid = Some(std::process::id());
+        Ok(())
+    }
+
+    /// Master, right after forking the first worker: close every listen socket this process
+    /// holds, keep the specs and resolved ports for the next open.
+    pub fn release(&mut self) -> Result<()> {
+        let next = transition(self.role, Op::Release).map_err(refused)?;
+        let n = retire::close_all(&mut self.listeners);
+        log::emit(Level::Info, &format!("released {n} listen socket(s) ({} -> released)", self.role.as_str()));
+        self.role = next;
+        self.opener_pid = None;
+        Ok(())
+    }
+
+    /// The master takes its groups' steering back: after the new binary of an upgrade
+    /// exited (a revert), its program, with slots of workers that are gone, would stay in
+    /// the groups, and the kernel's hash would spread over the old workers unsteered. A
+    /// program is attached through a member socket, and the master holds none, so it
+    /// joins each group for an instant with a fresh socket, attaches its program, and
+    /// closes it (what the kernel queued on it meanwhile migrates, through the program).
+    /// Returns how many groups it reclaimed.
+    pub fn reclaim_steering(&self) -> Result<usize> {
+        let mut n = 0;
+        for l in &self.listeners {
+            let Some(s) = &l.steering else { continue };
+            let sock = socket::open(&l.addr, &l.options)?;
+            s.attach(sock.as_fd()).map_err(|e| {
+                Error::sys(&e, Step::Bpf, &l.addr.to_string(), "the steering program could not be attached again; new connections spread by the kernel's hash until the next reload")
+            })?;
+            n += 1;
+        }
+        if n > 0 {
+            log::emit(Level::Info, &format!("took the steering of {n} group(s) back"));
+        }
+        Ok(n)
+    }
+
+    // ---- workers ---------------------------------------------------------------------------
+
+    /// First worker, after fork: take over the master's sockets (same open file
+    /// descriptions, no new sockets) and configure them.
+    pub fn adopt(&mut self) -> Result<()> {
+        let next = transition(self.role, Op::Adopt).map_err(refused)?;
+        if self.opener_pid == Some(std::process::id()) {
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                "called in the master that opened the sockets; call it in the first worker, after fork (the master calls reuseport_master_release)",
+            ));
+        }
+        let verified = self.listeners.iter().try_for_each(|l| {
+            let held = l.fd.as_ref().expect("MasterOpen holds every fd");
+            socket::verify_listener(held, &l.addr)
+        });
+        if let Err(e) = verified {
+            // The inherited sockets cannot be trusted as a whole: let go of them (closing
+            // only those still intact) so this worker can bind its own instead.
+            retire::close_all(&mut self.listeners);
+            self.role = Role::Released;
+            self.opener_pid = None;
+            return Err(Error::new(
+                e.errno,
+                e.step,
+                format!(
+                    "{}; the set is now released: this worker may bind its own sockets with reuseport_worker_bind",
+                    e.message
+                ),
+            ));
+        }
+        // Configure may fail half-way (e.g. an option the kernel refuses); the sockets stay
+        // this process's either way, so the role changes only on success and the caller
+        // can free the set to close them.
+        for l in &self.listeners {
+            let held = l.fd.as_ref().expect("MasterOpen holds every fd");
+            socket::configure(held.borrow(), &l.addr, &l.options)?;
+            log::emit(Level::Debug, &format!("adopted {} (fd {})", l.spec_text(), held.raw()));
+        }
+        self.claim_slots();
+        self.role = next;
+        self.opener_pid = None;
+        Ok(())
+    }
+
+    /// Every other worker: its own SO_REUSEPORT socket for every spec, configured. Must run
+    /// before the worker drops privileges.
+    pub fn worker_bind(&mut self) -> Result<()> {
+        let next = transition(self.role, Op::Bind).map_err(refused)?;
+        self.require_listeners("bind")?;
+        if let Some(l) = self.listeners.iter().find(|l| l.addr.port() == 0) {
+            return Err(Error::lifecycle(
+                libc::EINVAL,
+                format!("{}: port 0 is not resolved yet; the master's reuseport_master_open chooses the port that workers then join", l.addr),
+            ));
+        }
+        self.open_all(true, false)?;
+        self.claim_slots();
+        self.role = next;
+        Ok(())
+    }
+
+    /// No master: open and configure in one call.
+    pub fn open_single(&mut self) -> Result<()> {
+        let next = transition(self.role, Op::OpenSingle).map_err(refused)?;
+        self.require_listeners("open")?;
+        self.open_all(true, true)?;
+        self.role = next;
+        self.opener_pid = None;
+        Ok(())
+    }
+
+    /// Opens (and optionally configures) a socket for every listener and gives its group
+    /// the set's strategy; on failure closes those it opened and changes nothing. A
+    /// `single` process (`nginx -t`, a server without a master) may join a group that
+    /// servers run: it leaves their program in place (Groups::join_running()).
+    fn open_all(&mut self, configure: bool, single: bool) -> Result<()> {
+        let mut opened: Vec<(OwnedFd, SocketAddr, Applied, Option<Arc<Steering>>)> =
+            Vec::with_capacity(self.listeners.len());
+        for l in &self.listeners {
+            let fd = socket::open(&l.addr, &l.options)?;
+            if configure {
+                socket::configure(fd.as_fd(), &l.addr, &l.options)?;
+            }
+            let bound = socket::local_addr(fd.as_fd())
+                .map_err(|e| Error::sys(&e, Step::Bind, &l.addr.to_string(), "getsockname"))?;
+            let steering = self.groups.steering_for(l.steering.as_ref(), &bound, configure);
+            let joins_running =
+                single && socket_inode(fd.as_raw_fd()).is_some_and(|ino| diag::others_on_port(&bound, ino));
+            let applied = if joins_running {
+                self.groups.join_running(&bound)?
+            } else {
+                self.groups.apply(fd.as_fd(), &bound, steering.as_ref())?
+            };
+            opened.push((fd, bound, applied, steering));
+        }
+        // `opened` drops (and closes) everything on the early returns above.
+        for (l, (fd, bound, applied, steering)) in self.listeners.iter_mut().zip(opened) {
+            if l.addr.port() == 0 {
+                log::emit(
+                    Level::Info,
+                    &format!(
+                        "{}: the kernel chose port {}; every later socket of this group binds it",
+                        l.addr,
+                        bound.port()
+                    ),
+                );
+            }
+            l.addr = bound;
+            let held = HeldSocket::new(fd, bound);
+            log::emit(
+                Level::Debug,
+                &format!(
+                    "opened {} (fd {}{}, strategy {})",
+                    l.spec_text(),
+                    held.raw(),
+                    if configure { ", configured" } else { ", unconfigured" },
+                    applied.strategy
+                ),
+            );
+            if !applied.strategy.migrates() && self.groups.strategy == Strategy::Auto {
+                log::emit(Level::Warn, &format!("{bound}: {}", applied.reason));
+            }
+            l.fd = Some(held);
+            l.applied = Some(applied);
+            l.steering = steering;
+        }
+        Ok(())
+    }
+
+    /// A worker's sockets join the steering: each takes a slot in its group's table.
+    fn claim_slots(&mut self) {
+        for l in &mut self.listeners {
+            let (Some(s), Some(held)) = (&l.steering, &l.fd) else { continue };
+            match s.claim(held.borrow(), held.inode(), l.options.backlog) {
+                Ok(c) => l.claim = Some(c),
+                Err(why) => log::emit(
+                    Level::Warn,
+                    &format!(
+                        "{}: {why}; this worker's socket gets connections only when no sibling is eligible",
+                        l.addr
+                    ),
+                ),
+            }
+        }
+    }
+
+    // ---- retire ----------------------------------------------------------------------------
+
+    /// One step of leaving the groups. `hand_over(fd, index)` receives each connection a
+    /// drain accepts (the server serves it); giving it back (`Some`) refuses it, and it is
+    /// closed. On `Done` the set is released.
+    pub fn retire(&mut self, hand_over: &mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>) -> Result<Progress> {
+        let next = transition(self.role, Op::Retire).map_err(refused)?;
+        let progress = self.retirement.step(&mut self.listeners, hand_over);
+        if let Progress::Done { .. } = progress {
+            self.role = next;
+            self.opener_pid = None;
+            self.retirement.reset();
+        }
+        Ok(progress)
+    }
+
+    /// Whether a retire would accept connections to hand over (some held listener drains).
+    pub fn retire_hands_over(&self) -> bool {
+        retire::hands_over(&self.listeners)
+    }
+
+    /// Sets the drain's timing (before or during the life of the set).
+    pub fn set_drain(&mut self, timing: DrainTiming) -> Result<()> {
+        self.retirement.set_drain(timing)
+    }
+
+    // ---- steering and health ---------------------------------------------------------------
+
+    /// A worker's sign of life, once per event-loop iteration: an atomic add per steered
+    /// listener, no system call.
+    pub fn heartbeat(&self) {
+        for c in self.listeners.iter().filter_map(|l| l.claim.as_ref()) {
+            c.beat();
+        }
+    }
+
+    /// The master's tick: judges every worker slot of this set's groups. Returns when to
+    /// call again, or None when no listener is steered (nothing to watch).
+    pub fn watch(&self) -> Option<Duration> {
+        steering::watch_groups(self.listeners.iter().filter_map(|l| l.steering.as_ref()), self.groups.health_threshold)
+    }
+
+    /// How long connections may wait on a worker whose heartbeat stands still before it is
+    /// steered around; zero turns steering off for the groups this set opens next.
+    pub fn set_health_threshold(&mut self, threshold: Duration) {
+        self.groups.health_threshold = threshold;
+    }
+
+    pub fn health_threshold(&self) -> Duration {
+        self.groups.health_threshold
+    }
+
+    /// Whether listener `i`'s group is run by the steering program.
+    pub fn steered(&self, i: usize) -> Option<bool> {
+        self.listeners.get(i).map(|l| l.steering.is_some())
+    }
+
+    /// The claimed slots of listener `i`'s group (every generation member this process's
+    /// table knows), or None when it is not steered.
+    pub fn slots(&self, i: usize) -> Option<Vec<SlotStatus>> {
+        self.listeners.get(i)?.steering.as_ref().map(|s| s.status())
+    }
+
+    /// The slot this process holds in listener `i`'s group.
+    pub fn own_slot(&self, i: usize) -> Option<usize> {
+        self.listeners.get(i)?.claim.as_ref().map(|c| c.slot)
+    }
+
+    // ---- strategy ----------------------------------------------------------------------------
+
+    /// Chooses how this set's groups keep a leaving socket's queue. Before opening.
+    pub fn set_strategy(&mut self, strategy: Strategy) -> Result<()> {
+        transition(self.role, Op::Configure("set the strategy")).map_err(refused)?;
+        self.groups.strategy = strategy;
+        Ok(())
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.groups.strategy
+    }
+
+    /// Uses a migration program the caller holds (inherited across fork or exec from a
+    /// privileged master) instead of loading one: what lets an unprivileged master migrate.
+    pub fn use_program(&mut self, fd: RawFd) -> Result<()> {
+        transition(self.role, Op::Configure("set the program")).map_err(refused)?;
+        self.groups.use_program(fd)
+    }
+
+    /// The migration program this set holds, if any (borrowed).
+    pub fn program_fd(&self) -> Option<RawFd> {
+        self.groups.program_fd()
+    }
+}

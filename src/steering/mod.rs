@@ -1,0 +1,296 @@
+//! Health-aware steering: which socket of a reuseport group gets each new connection.
+//!
+//! The kernel hashes a new connection to one member of the group, whether or not that
+//! member's process is accepting. Steering replaces that choice with the library's
+//! program (program.rs), which chooses among the *eligible* members only.
+//!
+//! Per group (listen address), one master process creates, with CAP_BPF:
+//! - a slot table: a one-element BPF array map created mmap()able. The master maps it
+//!   before forking, so every worker shares the same memory. It holds, per slot, a flags
+//!   word (the only part the program reads), a heartbeat counter, and the owner's pid, fd,
+//!   socket inode and backlog, which the master's watch (watch.rs) needs;
+//! - a REUSEPORT_SOCKARRAY map: slot -> listen socket;
+//! - the steering program over both, attached to the group from the master's socket.
+//!
+//! Privileges: only the creation needs CAP_BPF. A worker, privileged or not, claims a free
+//! slot with a compare-and-swap on the shared memory and puts its own socket into the
+//! sockarray through the inherited map fd (bpf(BPF_MAP_UPDATE_ELEM) on a map fd one holds
+//! needs no capability). Heartbeats and flag changes are plain atomic operations on the
+//! shared memory: no system call.
+//!
+//! The context lives as long as a set of the master holds it (a registry by address), and
+//! a reload opens its new set before freeing the old one, so successive sets share it: old workers and new ones are slots of the same table, and a
+//! retiring worker can see when a sibling is ready to take its connections. A new binary
+//! (upgrade) creates its own and attaches its program, which from then on steers to the
+//! new generation only; the old one drains.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use once_cell::sync::Lazy;
+
+use crate::log::{self, Level};
+use crate::sys::{bpf, diag, procfs};
+
+mod program;
+mod rescue;
+mod slots;
+pub(crate) mod verdict;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use slots::{eligible, state_of, Group, TABLE_SIZE};
+pub use slots::{SlotState, SlotStatus, Table};
+use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING, SLOTS};
+use verdict::tick_for;
+
+/// One group's steering context.
+pub struct Steering {
+    pub addr: SocketAddr,
+    /// Held so the slot table's map outlives every set of this master (the mapping and the
+    /// program hold it too; bpftool finds it by this fd).
+    _table_map: OwnedFd,
+    sockarray: OwnedFd,
+    program: OwnedFd,
+    table: Table,
+    /// What the master's watch remembers of each slot between ticks (watch.rs).
+    watch: Mutex<watch::WatchState>,
+}
+
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Steering({}, program fd {})", self.addr, self.program.as_raw_fd())
+    }
+}
+
+impl Steering {
+    /// Creates the maps and loads the program (needs CAP_BPF).
+    fn create(addr: SocketAddr) -> io::Result<Steering> {
+        let table_map =
+            bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, TABLE_SIZE as u32, 1, bpf::BPF_F_MMAPABLE, b"reuseport_slots")?;
+        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, SLOTS as u32, 0, b"reuseport_socks")?;
+        let table = Table::map(table_map.as_fd())?;
+        let program = program::load(table_map.as_fd(), sockarray.as_fd())?;
+        Ok(Steering { addr, _table_map: table_map, sockarray, program, table, watch: Mutex::new(Default::default()) })
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn program(&self) -> BorrowedFd<'_> {
+        self.program.as_fd()
+    }
+
+    pub fn sockarray(&self) -> BorrowedFd<'_> {
+        self.sockarray.as_fd()
+    }
+
+    pub(crate) fn family(&self) -> i32 {
+        if self.addr.is_ipv6() {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        }
+    }
+
+    /// Attaches this group's program through member socket `sock` (for the whole group).
+    pub(crate) fn attach(&self, sock: BorrowedFd<'_>) -> io::Result<()> {
+        bpf::attach(sock, self.program())
+    }
+
+    /// The master opened a socket of this group: its first worker will claim a slot soon.
+    pub fn note_open(&self) {
+        self.table.opened_at_ms().store(procfs::monotonic_ms(), Ordering::Release);
+    }
+
+    /// Whether another socket of the group may become eligible soon: a slot other than
+    /// `except` being claimed or stalled, or a master's open less than `within` ago (its
+    /// first worker is starting). Another generation's sockets (an upgrade) are not in
+    /// this table and are not waited for: its program chooses among its own slots.
+    pub fn sibling_coming(&self, except: usize, within: Duration) -> bool {
+        let t = &self.table;
+        let claimed_elsewhere = (0..SLOTS).any(|i| {
+            let f = t.flags(i).load(Ordering::Acquire);
+            i != except && f & FLAG_CLAIMED != 0 && f & FLAG_RETIRING == 0
+        });
+        let opened = t.opened_at_ms().load(Ordering::Acquire);
+        claimed_elsewhere || (opened != 0 && procfs::monotonic_ms().saturating_sub(opened) < within.as_millis() as u64)
+    }
+
+    /// Whether some slot other than `except` is eligible now.
+    pub fn has_eligible(&self, except: &[usize]) -> bool {
+        (0..SLOTS).any(|i| !except.contains(&i) && eligible(self.table.flags(i).load(Ordering::Acquire)))
+    }
+
+    /// Takes a free slot for `sock` (held by this process as `fd`) and puts the socket
+    /// into the sockarray: from then on the program may choose it.
+    pub fn claim(self: &Arc<Self>, sock: BorrowedFd<'_>, inode: u64, backlog: i32) -> Result<SlotClaim, String> {
+        let t = &self.table;
+        let free = |i: usize| t.flags(i).compare_exchange(0, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        // A slot whose owner died without freeing it (killed) is free too: the master's
+        // watch frees those, but a server may not run one.
+        let orphaned = |i: usize| {
+            let f = t.flags(i).load(Ordering::Acquire);
+            let pid = t.pid(i).load(Ordering::Relaxed);
+            f != 0
+                && pid != 0 // 0: being claimed right now
+                && !procfs::alive(pid)
+                && t.flags(i).compare_exchange(f, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        };
+        let slot = (0..SLOTS)
+            .find(|&i| free(i))
+            .or_else(|| (0..SLOTS).find(|&i| orphaned(i)))
+            .ok_or_else(|| format!("all {SLOTS} steering slots are taken (more workers than the library supports)"))?;
+        t.beats(slot).store(0, Ordering::Relaxed);
+        t.queue(slot).store(0, Ordering::Relaxed);
+        t.pid(slot).store(std::process::id(), Ordering::Relaxed);
+        t.fd(slot).store(sock.as_raw_fd(), Ordering::Relaxed);
+        t.inode(slot).store(inode, Ordering::Relaxed);
+        t.backlog(slot).store(backlog, Ordering::Relaxed);
+        if let Err(e) = bpf::sockarray_set(self.sockarray(), slot as u32, sock) {
+            t.flags(slot).store(0, Ordering::Release);
+            return Err(format!("cannot put the socket into the steering map (bpf map update): {e}"));
+        }
+        t.flags(slot).fetch_or(FLAG_MEMBER, Ordering::AcqRel);
+        Ok(SlotClaim { steering: Arc::clone(self), slot, owner: std::process::id() })
+    }
+
+    /// Every claimed slot, in slot order.
+    pub fn status(&self) -> Vec<SlotStatus> {
+        let t = &self.table;
+        (0..SLOTS)
+            .filter_map(|i| {
+                let flags = t.flags(i).load(Ordering::Acquire);
+                (flags & FLAG_CLAIMED != 0).then(|| SlotStatus {
+                    slot: i,
+                    pid: t.pid(i).load(Ordering::Relaxed),
+                    state: state_of(flags),
+                    beats: t.beats(i).load(Ordering::Relaxed),
+                    queue: t.queue(i).load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// One tick of the watch over this group's slots, with its own sock_diag query.
+    #[cfg(test)]
+    pub(crate) fn watch(&self, threshold: Duration) {
+        self.watch_with(threshold, &diag::tcp_listeners(&[self.family()], &[self.addr.port()]));
+    }
+
+    /// One tick, given this tick's listeners of the group's address family (one sock_diag
+    /// query serves every group of a set: watch_groups()).
+    pub(crate) fn watch_with(&self, threshold: Duration, listeners: &io::Result<HashMap<u64, diag::Listener>>) {
+        let mut state = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        state.tick(&Group { addr: self.addr, table: &self.table, sockarray: self.sockarray() }, threshold, listeners);
+    }
+}
+
+/// A slot this process holds; dropping it (after the socket is closed) frees the slot.
+#[derive(Debug)]
+pub struct SlotClaim {
+    pub steering: Arc<Steering>,
+    pub slot: usize,
+    owner: u32,
+}
+
+impl SlotClaim {
+    pub fn beat(&self) {
+        self.steering.table().beats(self.slot).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the slot out of the program's choice; its socket stays open.
+    pub fn mark_retiring(&self) {
+        self.steering.table().flags(self.slot).fetch_or(FLAG_RETIRING, Ordering::AcqRel);
+    }
+}
+
+impl Drop for SlotClaim {
+    fn drop(&mut self) {
+        // A process forked from the owner drops a copy, not the claim.
+        if std::process::id() == self.owner {
+            let t = self.steering.table();
+            t.pid(self.slot).store(0, Ordering::Relaxed);
+            t.flags(self.slot).store(0, Ordering::Release);
+        }
+    }
+}
+
+/// The steering context of each address this process opened as a master, while a set
+/// holds it: a reload opens the new set before freeing the old one, so the context
+/// carries over; a process whose sets are all freed holds none of its fds (see the module
+/// doc).
+static REGISTRY: Lazy<Mutex<HashMap<SocketAddr, Weak<Steering>>>> = Lazy::new(Default::default);
+
+/// The context for `addr`, created on first use. Errors are errnos (EPERM without CAP_BPF).
+pub fn for_group(addr: SocketAddr) -> Result<Arc<Steering>, i32> {
+    let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    reg.retain(|_, w| w.strong_count() > 0);
+    if let Some(s) = reg.get(&addr).and_then(Weak::upgrade) {
+        return Ok(s);
+    }
+    let s = Arc::new(Steering::create(addr).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?);
+    log::emit(Level::Debug, &format!("{addr}: steering program loaded ({SLOTS} slots)"));
+    reg.insert(addr, Arc::downgrade(&s));
+    Ok(s)
+}
+
+/// Whether this process can create a steering context (maps and program): Ok, or the
+/// errno (EPERM without CAP_BPF). Creates one and frees it at once.
+pub fn can_steer() -> Result<(), i32> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Steering::create(any).map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Whether this process may take a duplicate of its workers' sockets (the rescue):
+/// CAP_SYS_PTRACE in its effective set.
+pub fn can_rescue() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    procfs::has_capability(CAP_SYS_PTRACE)
+}
+
+/// One tick over every group of a set: one sock_diag query per address family, for the
+/// ports of all its groups. Returns when to call again, or None when no group is steered.
+pub(crate) fn watch_groups<'a>(
+    groups: impl Iterator<Item = &'a Arc<Steering>>,
+    threshold: Duration,
+) -> Option<Duration> {
+    let groups = distinct(groups);
+    if groups.is_empty() {
+        return None;
+    }
+    let by_family: Vec<(i32, io::Result<HashMap<u64, diag::Listener>>)> = [libc::AF_INET, libc::AF_INET6]
+        .into_iter()
+        .filter_map(|family| {
+            let mut ports: Vec<u16> = groups.iter().filter(|s| s.family() == family).map(|s| s.addr.port()).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            (!ports.is_empty()).then(|| (family, diag::tcp_listeners(&[family], &ports)))
+        })
+        .collect();
+    for s in groups {
+        let (_, listeners) = by_family.iter().find(|(f, _)| *f == s.family()).expect("one per family with groups");
+        s.watch_with(threshold, listeners);
+    }
+    Some(tick_for(threshold))
+}
+
+/// The distinct steering contexts among a set's listeners (several addresses of one
+/// group are not judged twice).
+fn distinct<'a>(all: impl Iterator<Item = &'a Arc<Steering>>) -> Vec<&'a Arc<Steering>> {
+    let mut out: Vec<&Arc<Steering>> = Vec::new();
+    for s in all {
+        if !out.iter().any(|o| Arc::ptr_eq(o, s)) {
+            out.push(s);
+        }
+    }
+    out
+}
