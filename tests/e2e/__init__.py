@@ -7,6 +7,7 @@ counting load client, each run in its own network namespace (tests/c/in-netns.sh
 - scenarios/    each scenario once, written against the adapters' common interface
 - stall.py      the stall sequence: a worker stopped (SIGSTOP) under a load at saturation
 - verdict.py    what may fail and what a stall must look like (pure; test_verdict.py)
+- test_registry.py  ctest registers each scenario for the servers it applies to
 - bench/        the benchmarks: `python3 -m e2e.bench loss|nginx|stall`
 - table.py      the results files as Markdown tables
 

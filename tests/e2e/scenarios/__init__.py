@@ -8,9 +8,11 @@ A scenario says which servers it applies to: some exercise one server's own feat
 (rpserver's config, nginx's modules and directives), some need the library in the build
 (patched_only: the runner skips them for stock nginx)."""
 
+import importlib
 from dataclasses import dataclass
 
 SCENARIOS = {}
+MODULES = ("lifecycle", "bad_clients", "privileges", "nginx_features", "stall")
 
 
 @dataclass(frozen=True)
@@ -30,5 +32,6 @@ def scenario(servers=("rpserver", "nginx"), patched_only=False):
 
 def load_all():
     """Imports every scenario module (each registers its scenarios); returns SCENARIOS."""
-    from . import bad_clients, lifecycle, nginx_features, privileges, stall  # noqa: F401
+    for module in MODULES:
+        importlib.import_module(f"{__name__}.{module}")
     return SCENARIOS
