@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "reuseport.h"
-#include "../tests/c/proc_sockets.h"
+#include "proc_sockets.h"
 
 enum { MAXL = 8, NWORKERS = 3, CONNECTIONS = 60, WATCHDOG_SECONDS = 10 };
 

@@ -7,10 +7,11 @@ As root it runs in a private network namespace with net.ipv4.tcp_migrate_req=1 (
 namespace's own copy; the machine's is untouched). Otherwise it uses the machine's
 loopback and says what the sysctl is.
 
-Usage: demo.py SERVER LOADCLIENT
+Usage: PYTHONPATH=tools python3 scripts/demo.py SERVER LOADCLIENT   (scripts/demo.sh)
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +19,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "scenarios"))
-import harness  # noqa: E402
-from harness import Load, Server, failed_of, listen_sockets_of, wait_for  # noqa: E402
+from prefork.load import Load, failed_of
+from prefork.procfs import listen_sockets_of
+from prefork.reaping import become_subreaper
+from prefork.rpserver import RpServer
+from prefork.wait import wait_for
+
+PORT = 8080
 
 T0 = time.monotonic()
 
@@ -64,7 +69,7 @@ def main():
         with open(sysctl, "w") as f:
             f.write("1")
         where = "a private network namespace"
-        port = harness.PORT
+        port = PORT
     else:
         where = "this machine's loopback (run as root for a private namespace)"
         port = free_port()
@@ -74,8 +79,13 @@ def main():
         print("  (with migration off, a closing listener resets the connections queued on it:"
               " expect a few resets below)")
 
+    # The new master of the binary upgrade outlives the old one: as a subreaper this
+    # process inherits it, and stops it at the end with the rest.
+    become_subreaper()
     workdir = tempfile.mkdtemp(prefix="rp-demo-")
-    srv = Server(server, workdir)
+    srv = RpServer(server, workdir)
+    if os.getuid() == 0:
+        srv.user = "nobody"  # workers drop privileges, as in production
     srv.configure(4, [f"127.0.0.1:{port}"])
     load = None
     try:
@@ -98,11 +108,7 @@ def main():
         say(holdings(srv, master))
         time.sleep(1)
 
-        srv.signal(master, signal.SIGUSR2)
-        # None while the new master is writing the file.
-        wait_for(lambda: srv.master() not in (None, master), 10, "the new master")
-        new = srv.master()
-        srv.wait_settled(new)
+        _, new = srv.start_upgrade()
         say(f"binary upgrade (USR2): new master {new} opened its own sockets and runs 2 workers;"
             f" old master {master} is in rpserver.pid.oldbin")
         srv.signal(master, signal.SIGWINCH)
@@ -135,8 +141,9 @@ def main():
         return 0 if failed == 0 or migrate != "1" else 1
     finally:
         if load is not None:
-            load.stop()
+            load.abort()
         srv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

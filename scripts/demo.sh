@@ -6,4 +6,4 @@
 set -eu
 cd "$(dirname "$0")/.."
 scripts/build.sh >/dev/null
-exec python3 scripts/demo.py build/c-examples/rpserver build/c-examples/loadclient
+exec env PYTHONPATH=tools python3 scripts/demo.py build/c-examples/rpserver build/c-examples/loadclient

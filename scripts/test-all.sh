@@ -2,8 +2,9 @@
 # Every test: installs what is missing, builds the library, the header, the examples and
 # the C tests with cmake, then runs everything with ctest (C tests, cargo test, the header
 # drift check, the README example, the lifecycle scenarios under load), then prints the
-# scenarios' failure counts as a table. Tests that need root run in their own
-# network namespace; run this as root to run them all (CI does).
+# scenarios' failure counts as tables. Tests that need root run in their own network
+# namespace; run this as root to run them all (CI does). `ctest --test-dir build -L fast`
+# runs the fast tier only (unit, C and example tests: minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$HOME/.cargo/bin:$PATH"
@@ -14,12 +15,12 @@ ctest --test-dir build --output-on-failure 2>&1 | tee build/ctest.log || status=
 if [ -s build/scenario-results.jsonl ]; then
     echo
     echo "Lifecycle scenarios under load, rpserver (failures by kind, per strategy):"
-    python3 tests/scenarios/table.py build/scenario-results.jsonl
+    env PYTHONPATH=tests:tools python3 -m e2e.table rpserver build/scenario-results.jsonl
 fi
 if [ -s build/nginx-results.jsonl ]; then
     echo
-    echo "nginx 1.22.1 scenarios under load, stock and patched (net.ipv4.tcp_migrate_req=0):"
-    python3 tests/nginx/table.py build/nginx-results.jsonl
+    echo "nginx scenarios under load, stock and patched (net.ipv4.tcp_migrate_req=0):"
+    env PYTHONPATH=tests:tools python3 -m e2e.table nginx build/nginx-results.jsonl
 fi
 if [ -s build/scenario-results.jsonl ] || [ -s build/nginx-results.jsonl ]; then
     echo

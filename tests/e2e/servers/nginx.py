@@ -1,198 +1,62 @@
-"""An nginx installation (target/nginx-stock or target/nginx-patched) run from a temporary
-prefix, and the /proc readings the nginx scenarios need beyond tests/scenarios/harness.py:
-nginx has no event log, so workers are found as the master's children (by their process
-title), and what a dying worker had in flight is counted from its sockets.
+"""nginx as a server under test: a build (an installed prefix: sbin/nginx, conf/; stock or
+patched; its version) run with a fresh nginx.conf from a temporary directory used as its
+-p prefix (pid file, error log, temp dirs there).
+
+nginx has no event log and no in-flight counter: workers are found as the master's
+children (by their process title), and what a dying worker had in flight is counted from
+its sockets, with the worker stopped (SIGSTOP) so that it accepts nothing meanwhile.
 
 nginx runs daemonized (`daemon on`, its default), as in production: with `daemon off` a
 master ignores SIGUSR2 (its parent has not changed: src/os/unix/ngx_process.c, "ignoring")
 and SIGWINCH (only a daemonized master stops its workers), so no upgrade could be tested.
-The runner makes itself a child subreaper, so the daemonized master (and after an upgrade
-the new one) stays its descendant: nothing escapes the test, and it reaps them."""
+The runner is a child subreaper (prefork.reaping), so the daemonized master (and after an
+upgrade the new one) stays its descendant: nothing escapes the test, and it reaps them."""
 
-import ctypes
 import grp
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(REPO, "tests", "scenarios"))
+from prefork import procfs
+from prefork.load import pinned
+from prefork.reaping import reap, stop_all
+from prefork.wait import Failure, check, wait_for
 
-from harness import (SS, Failure, accepted_connections, alive, check, pinned, proc_net_tcp_rows,  # noqa: E402
-                     socket_inodes_of, ss_rows, stop_process, wait_for)
-from harness import Load as _Load  # noqa: E402
-from harness import uid_of as _uid_of  # noqa: E402
+from .base import Adapter
 
-
-class Load(_Load):
-    """harness.Load, but the load client prints the details of its first failures (kind,
-    target, phase, time since its start, errno) on stderr, in the test's output."""
-
-    quiet = False
-
-
-PR_SET_CHILD_SUBREAPER = 36
+PORT = 8080
 WORKER_TITLE = "nginx: worker process"
 
 
-def become_subreaper():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+@dataclass(frozen=True)
+class NginxBuild:
+    """An installed nginx: its prefix (scripts/build-nginx.sh makes target/nginx-stock and
+    target/nginx-patched), which kind it is, and its version ("1.22.1")."""
+    prefix: str
+    kind: str  # "stock" or "patched"
+    version: str
 
+    @property
+    def binary(self):
+        return os.path.join(self.prefix, "sbin", "nginx")
 
-# --- /proc ---------------------------------------------------------------------------------
-# Processes come and go while they are read: any read may fail with ENOENT or ESRCH.
-
-def uid_of(pid):
-    try:
-        return _uid_of(pid)
-    except OSError:
-        return -1
-
-
-def title(pid):
-    """The process title (nginx rewrites argv: "nginx: worker process"), "" when gone."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def children_of(pid):
-    """Live (not zombie) children of a process."""
-    kids = set()
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.update(int(k) for k in f.read().split())
-        except FileNotFoundError:
-            # No CONFIG_PROC_CHILDREN: scan every process's parent.
-            return sorted(p for p in _all_pids() if _ppid(p) == pid and alive(p))
-    return sorted(k for k in kids if alive(k))
-
-
-def _all_pids():
-    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
-
-
-def _ppid(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-def descendants_of(pid):
-    out, todo = [], [pid]
-    while todo:
-        for kid in children_of(todo.pop()):
-            out.append(kid)
-            todo.append(kid)
-    return out
-
-
-def held_connections(pid, ports):
-    """The ESTABLISHED connections to `ports` the process holds: what it loses at death."""
-    return accepted_connections(pid, ports, established_only=True)
-
-
-def polled_listen_sockets(pid):
-    """Inodes of the listen sockets the process has registered in its epoll instance(s)
-    (/proc/PID/fdinfo of an eventpoll fd lists each target fd as "tfd: N")."""
-    listening = listening_inodes()
-    by_fd = {fd: ino for ino, fd in socket_inodes_of(pid).items()}
-    polled = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return polled
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    m = re.match(r"tfd:\s*(\d+)", line)
-                    if m and by_fd.get(int(m.group(1))) in listening:
-                        polled.add(by_fd[int(m.group(1))])
-        except OSError:
-            continue
-    return polled
-
-
-def listeners():
-    """{inode: (local address, accept queue length)} for every listening TCP socket of this
-    network namespace; addresses spelled as listen specs: "127.0.0.1:8080", "[::1]:8080"
-    (for a listener, the receive queue is its accept queue's length)."""
-    if SS:
-        return {ino: (local, queue) for _, local, queue, ino in ss_rows(["state", "listening"])}
-    return {ino: (local, queue) for state, local, queue, ino in proc_net_tcp_rows() if state == "0A"}
-
-
-def listening_inodes():
-    return set(listeners())
-
-
-def listening_addresses():
-    """{inode: "127.0.0.1:8080" or "[::1]:8080"} for every listening TCP socket."""
-    return {ino: local for ino, (local, _) in listeners().items()}
-
-
-def listen_sockets_of(pid, listening=None):
-    """The listen sockets (inodes) a process holds; `listening`: a listeners() snapshot."""
-    listening = listeners() if listening is None else listening
-    return [ino for ino in socket_inodes_of(pid) if ino in listening]
-
-
-def ncpu():
-    """What `worker_processes auto` gives in nginx 1.22.1: sysconf(_SC_NPROCESSORS_ONLN)."""
-    return max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
-
-
-def accept_queues():
-    """{inode: connections waiting in its accept queue} for every listening TCP socket."""
-    return {ino: queue for ino, (_, queue) in listeners().items()}
-
-
-def reap():
-    """Collects the exit status of this process's dead nginx children (as subreaper, the
-    daemonized masters are its children), so that they do not linger as zombies. Other
-    children (the load client) are left to their Popen."""
-    try:
-        tasks = os.listdir(f"/proc/{os.getpid()}/task")
-    except OSError:
-        return
-    kids = set()
-    for tid in tasks:
-        try:
-            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
-                kids.update(int(k) for k in f.read().split())
-        except OSError:
-            pass
-    for pid in kids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm, rest = stat.split("(", 1)[1].rsplit(")", 1)
-        if comm == "nginx" and rest.split()[0] == "Z":
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+    @staticmethod
+    def at(prefix, kind=None, version=None):
+        """The build installed at `prefix`; kind defaults to "patched" when the prefix's
+        name says so, version to what `nginx -v` prints."""
+        prefix = os.path.abspath(prefix)
+        kind = kind or ("patched" if "patched" in os.path.basename(prefix) else "stock")
+        if version is None:
+            out = subprocess.run([os.path.join(prefix, "sbin", "nginx"), "-v"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, timeout=10).stdout
+            m = re.search(r"nginx/(\S+)", out)
+            check(m is not None, f"{prefix}/sbin/nginx -v printed no version: {out!r}")
+            version = m.group(1)
+        return NginxBuild(prefix, kind, version)
 
 
 def nogroup():
@@ -205,16 +69,26 @@ def nogroup():
     return "nobody"
 
 
-# --- nginx ---------------------------------------------------------------------------------
+def ncpu():
+    """What `worker_processes auto` gives: sysconf(_SC_NPROCESSORS_ONLN)."""
+    return max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
 
-class NginxServer:
-    """nginx from PREFIX (sbin/nginx, conf/mime.types) run with a fresh nginx.conf in a
-    temporary directory used as its -p prefix: pid file, error log, temp dirs there."""
 
-    def __init__(self, prefix, workdir, kind):
-        self.prefix = os.path.abspath(prefix)
-        self.binary = os.path.join(self.prefix, "sbin", "nginx")
-        self.kind = kind
+def held_connections(pid, ports):
+    """The ESTABLISHED connections to `ports` the process holds: what it loses at death."""
+    return procfs.accepted_connections(pid, ports, established_only=True)
+
+
+class Nginx(Adapter):
+    name = "nginx"
+    addresses = [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"]
+
+    def __init__(self, build, workdir):
+        super().__init__()
+        self.build = build
+        self.binary = build.binary
+        self.label = build.kind
+        self.strict = build.kind == "patched"
         self.dir = workdir
         os.chmod(workdir, 0o755)  # workers run as nobody
         # nginx opens PREFIX/logs/error.log before reading the config (else it complains).
@@ -222,14 +96,15 @@ class NginxServer:
         self.conf = os.path.join(workdir, "nginx.conf")
         self.pid_path = os.path.join(workdir, "nginx.pid")
         self.log = os.path.join(workdir, "error.log")
-        shutil.copy(os.path.join(self.prefix, "conf", "mime.types"), os.path.join(workdir, "mime.types"))
+        shutil.copy(os.path.join(build.prefix, "conf", "mime.types"), os.path.join(workdir, "mime.types"))
         self.listens = []
         self.plain = []  # listen addresses without reuseport: one socket, shared by all
-        self.ports = set()
         self.proc = None  # nginx run in the foreground (daemon off)
         self.workers = 0
         self.masters = set()  # every master seen, for stop()
-        self.timeline = []  # (time.monotonic(), what): the signals sent, for a failure's report
+        self.lost = 0  # what fast-stopped workers had accepted
+        self.slack = 0  # what they may have accepted on resuming (term_master)
+        self.killed_held = {}  # {pid: accepted connections it held when killed}
 
     # -- config and start --
 
@@ -239,7 +114,7 @@ class NginxServer:
         would close without reading the request: the client would see resets).
 
         workers: a number, or "auto" (`worker_processes auto;`: as many as nginx counts
-        CPUs, sysconf(_SC_NPROCESSORS_ONLN) in 1.22.1).
+        CPUs, sysconf(_SC_NPROCESSORS_ONLN)).
 
         servers: instead of one server{} with the listens, several: each a list of `listen`
         arguments ("127.0.0.1:8080 reuseport", "127.0.0.1:8081"). The listens given are then
@@ -250,11 +125,7 @@ class NginxServer:
         if servers is not None:
             reuseport = {line.split()[0] for srv in servers for line in srv if "reuseport" in line.split()[1:]}
             self.plain = sorted({line.split()[0] for srv in servers for line in srv} - reuseport)
-        self.ports = {int(spec.rsplit(":", 1)[1]) for spec in self.listens + self.plain}
-        if workers == "auto":
-            self.workers = ncpu()
-        else:
-            self.workers = workers
+        self.workers = ncpu() if workers == "auto" else workers
         user = f"user nobody {nogroup()};\n" if os.getuid() == 0 else ""
         if servers is None:
             servers = [[f"{spec} reuseport" for spec in listens]]
@@ -269,7 +140,7 @@ class NginxServer:
                 "        }\n"
                 "    }\n")
         text = (
-            f"# written by tests/nginx/run.py\n"
+            f"# written by tests/e2e (nginx {self.build.version}, {self.build.kind})\n"
             f"worker_processes {workers};\n"
             f"{user}"
             f"pid {self.pid_path};\n"
@@ -293,13 +164,17 @@ class NginxServer:
             f.write(text)
         os.replace(self.conf + ".tmp", self.conf)
 
+    @property
+    def ports(self):
+        return {int(spec.rsplit(":", 1)[1]) for spec in self.listens + self.plain}
+
     def command(self, *args):
         return [self.binary, "-p", self.dir + "/", "-c", self.conf] + list(args)
 
     def start(self, cpus=None):
         """nginx daemonizes: the command returns once the master runs (its listen sockets
-        are open by then); then waits for the pid file and the workers. cpus: bind nginx
-        (and every process it forks) to these."""
+        are open by then); then waits for the pid file and the workers, and returns them.
+        cpus: bind nginx (and every process it forks) to these."""
         p = subprocess.run(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=30, preexec_fn=pinned(cpus))
         check(p.returncode == 0, f"nginx did not start (exit {p.returncode}): {p.stdout.strip()}")
@@ -339,10 +214,11 @@ class NginxServer:
     def workers_of(self, master, exiting=False):
         """The master's workers, past their initialization (nginx sets the title "worker
         process" after ngx_worker_process_init, where they set up their sockets and drop
-        privileges); with exiting, also the old ones ("worker process is shutting down")."""
+        privileges), sorted; with exiting, also the old ones ("worker process is shutting
+        down")."""
         out = []
-        for pid in children_of(master):
-            t = title(pid)
+        for pid in procfs.children_of(master):
+            t = procfs.title(pid)
             if t == WORKER_TITLE or (exiting and t.startswith(WORKER_TITLE)):
                 out.append(pid)
         return sorted(out)
@@ -350,15 +226,15 @@ class NginxServer:
     def wait_settled(self, master, workers=None, old=()):
         """Until the master's children (other than a new master of an upgrade) are exactly
         `workers` workers, all past their initialization, none of `old` (the workers before
-        the signal) among them or alive."""
+        the signal) among them or alive; returns them."""
         workers = self.workers if workers is None else workers
         old = set(old)
 
         def settled():
-            kids = [k for k in children_of(master) if k not in self.known_masters()]
-            if len(kids) != workers or any(title(k) != WORKER_TITLE for k in kids):
+            kids = [k for k in procfs.children_of(master) if k not in self.known_masters()]
+            if len(kids) != workers or any(procfs.title(k) != WORKER_TITLE for k in kids):
                 return None
-            if old & set(kids) or any(alive(p) for p in old):
+            if old & set(kids) or any(procfs.alive(p) for p in old):
                 return None
             return sorted(kids) or True
 
@@ -367,19 +243,19 @@ class NginxServer:
 
     # -- signals --
 
-    def signal(self, pid, sig):
-        self.timeline.append((time.monotonic(), f"{signal.Signals(sig).name} to {pid}"))
-        os.kill(pid, sig)
-
-    def reload(self, master, workers=None):
-        """HUP, then wait until the new workers replaced every old one."""
+    def reload(self, master, workers=None, command=False):
+        """HUP (or `nginx -s reload`), then wait until the new workers replaced every old one."""
         old = self.workers_of(master, exiting=True)
-        self.signal(master, signal.SIGHUP)
+        if command:
+            self.timeline.append((time.monotonic(), "nginx -s reload"))
+            subprocess.run(self.command("-s", "reload"), stdin=subprocess.DEVNULL, check=True, timeout=30)
+        else:
+            self.signal(master, signal.SIGHUP)
         return self.wait_settled(master, workers, old)
 
     def wait_exit(self, pid, timeout=20):
-        wait_for(lambda: not alive(pid), timeout, f"process {pid} to exit")
-        reap()
+        wait_for(lambda: not procfs.alive(pid), timeout, f"process {pid} to exit")
+        reap("nginx")
 
     def start_upgrade(self):
         """USR2 to the master; returns (old, new) once the new master runs its workers."""
@@ -394,17 +270,17 @@ class NginxServer:
 
     # -- what a killed or fast-stopped worker loses --
 
-    def kill9(self, victim):
+    def kill_worker(self, victim):
         """SIGSTOP the worker, count the accepted connections it holds, SIGKILL it: exactly
         what it had in flight at death (stopped, it accepts nothing more)."""
-        stop_process(self.signal, victim)
-        held = held_connections(victim, self.ports)
-        self.signal(victim, signal.SIGKILL)
-        return held
+        procfs.stop_process(self.signal, victim)
+        self.killed_held[victim] = held_connections(victim, self.ports)
+        self.sigkill(victim)
+        return self.killed_held[victim]
 
-    def term_master(self, master):
-        """TERM (fast shutdown) to a master. Returns (lost, slack): the connections its
-        workers had accepted when they died, and how many more they may have.
+    def fast_stop(self, master):
+        """TERM (fast shutdown) to a master, counting what its workers had accepted when
+        they died, and how many more they may have (self.lost, self.slack).
 
         The workers are SIGSTOPped and their established connections counted; the master
         gets TERM and passes it on (nginx writes the command to each worker's channel
@@ -415,35 +291,43 @@ class NginxServer:
         too, and are counted as such (each polled listen socket with a non-empty queue,
         read while the workers are still stopped). The slack, one more per polled listen
         socket, covers a worker stopped in the middle of a batch of events (it finishes
-        that batch first) and a queue that was empty when read but not when resumed."""
+        that batch first) and a queue that was empty when read but not when resumed.
+        Returns (lost, slack) of this stop."""
         workers = self.workers_of(master, exiting=True)
         for w in workers:
-            stop_process(self.signal, w)
+            procfs.stop_process(self.signal, w)
         held = sum(held_connections(w, self.ports) for w in workers)
         self.signal(master, signal.SIGTERM)
         time.sleep(0.2)  # the master passes the command on at once; under 1.5 s it sends no SIGKILL
-        queues = accept_queues()
-        polled = [polled_listen_sockets(w) for w in workers]
+        queues = procfs.accept_queues()
+        polled = [procfs.polled_listen_sockets(w) for w in workers]
         accepted_on_resume = sum(1 for inodes in polled for ino in inodes if queues.get(ino, 0) > 0)
         for w in workers:
             try:
                 self.signal(w, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        return held + accepted_on_resume, sum(len(inodes) for inodes in polled)
+        lost, slack = held + accepted_on_resume, sum(len(inodes) for inodes in polled)
+        self.lost += lost
+        self.slack += slack
+        return lost, slack
+
+    def deaths(self):
+        """(Kill records, what fast-stopped workers had accepted, slack)."""
+        return self.kill_records(lambda pid: self.killed_held.get(pid, 0)), self.lost, self.slack
 
     # -- sockets --
 
     def reuseport_sockets_of(self, pid, listening=None):
         """The listen sockets (inodes) a process holds, but those of the plain (shared,
         non-reuseport) addresses. listening: a listeners() snapshot."""
-        listening = listeners() if listening is None else listening
-        return [ino for ino in listen_sockets_of(pid, listening) if listening[ino][0] not in self.plain]
+        listening = procfs.listeners() if listening is None else listening
+        return [ino for ino in procfs.listen_sockets_of(pid, listening) if listening[ino][0] not in self.plain]
 
     def socket_counts(self, master, listening=None):
         """{pid: listen sockets held} for the master and each of its workers (those of the
         plain addresses not counted)."""
-        listening = listeners() if listening is None else listening
+        listening = procfs.listeners() if listening is None else listening
         counts = {master: len(self.reuseport_sockets_of(master, listening))}
         for w in self.workers_of(master):
             counts[w] = len(self.reuseport_sockets_of(w, listening))
@@ -454,8 +338,8 @@ class NginxServer:
         {address: inode}. Checks, for either build, what nginx does with a listen socket
         without reuseport: one socket, opened by the master, inherited by every worker."""
         procs = [master] + self.workers_of(master)
-        listening = listeners()
-        held = {pid: listen_sockets_of(pid, listening) for pid in procs}
+        listening = procfs.listeners()
+        held = {pid: procfs.listen_sockets_of(pid, listening) for pid in procs}
         out = {}
         for addr in self.plain:
             inodes = [ino for ino, (a, _) in listening.items() if a == addr]
@@ -466,13 +350,7 @@ class NginxServer:
             out[addr] = inodes[0]
         return out
 
-    def describe_sockets(self, master, listening=None):
-        counts = self.socket_counts(master, listening)
-        workers = " ".join(f"{pid}:{n}" for pid, n in counts.items() if pid != master)
-        return (f"listen sockets ({len(self.listens)} addresses x {len(counts) - 1} workers): "
-                f"master {master}: {counts[master]}; workers {workers}")
-
-    def check_sockets(self, master, strict):
+    def check_sockets(self, master):
         """Workers run as nobody (when the master is root). With strict (the patched
         build): the master holds no listen socket, each worker exactly one per address, no
         two workers the same. Otherwise (stock) the counts are printed. Either way, each
@@ -480,16 +358,16 @@ class NginxServer:
         workers = self.workers_of(master)
         check(len(workers) == self.workers, f"master {master} runs {len(workers)} workers, expected {self.workers}")
         if os.getuid() == 0:
-            check(uid_of(master) == 0, f"master {master} runs as uid {uid_of(master)}")
+            check(procfs.uid_of(master) == 0, f"master {master} runs as uid {procfs.uid_of(master)}")
             for pid in workers:
-                check(uid_of(pid) == 65534, f"worker {pid} runs as uid {uid_of(pid)}, not nobody")
-        listening = listeners()
-        print(f"  {self.kind}: {self.describe_sockets(master, listening)}", flush=True)
+                check(procfs.uid_of(pid) == 65534, f"worker {pid} runs as uid {procfs.uid_of(pid)}, not nobody")
+        listening = procfs.listeners()
+        print(f"  {self.label}: {self.describe_sockets(master, listening)}", flush=True)
         if self.plain:
             shared = self.shared_sockets(master)
-            print(f"  {self.kind}: without reuseport, the master and its {len(workers)} workers hold the same socket: "
-                  + ", ".join(f"{a} inode {i}" for a, i in shared.items()), flush=True)
-        if not strict:
+            print(f"  {self.label}: without reuseport, the master and its {len(workers)} workers hold the same "
+                  "socket: " + ", ".join(f"{a} inode {i}" for a, i in shared.items()), flush=True)
+        if not self.strict:
             return
         held_by_master = self.reuseport_sockets_of(master, listening)
         check(held_by_master == [], f"master {master} holds {len(held_by_master)} listen sockets, expected 0")
@@ -502,43 +380,35 @@ class NginxServer:
                 check(ino not in seen, f"workers {seen.get(ino)} and {pid} share listen socket {ino}")
                 seen[ino] = pid
 
+    def final_checks(self):
+        pass
+
+    def record_fields(self):
+        return {"server": self.build.kind, "nginx_version": self.build.version}
+
     # -- the end --
 
     def stop(self):
         """TERM to every master seen, then SIGKILL whatever of this nginx is still running
         among this process's descendants (by pid), and reap."""
-        for m in self.known_masters():
-            try:
-                os.kill(m, signal.SIGTERM)
-            except OSError:
-                pass
         if self.proc is not None:  # run in the foreground: collect it through its Popen
             try:
+                os.kill(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(10)
-            except subprocess.TimeoutExpired:
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(m) for m in self.known_masters()):
-            time.sleep(0.05)
-            reap()
-        exe = os.path.realpath(self.binary)
-        for pid in descendants_of(os.getpid()):
-            try:
-                if os.path.realpath(f"/proc/{pid}/exe") == exe:
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.1)
-        reap()
+        stop_all(self.known_masters(), self.binary, "nginx")
 
-    def log_tail(self, n=30):
+    def log_lines(self):
+        """The error log's lines so far (none before it exists)."""
         try:
             with open(self.log, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
+                return f.readlines()
         except FileNotFoundError:
-            return ""
+            return []
+
+    def log_tail(self, n=30):
+        return "".join(self.log_lines()[-n:])
 
 
-__all__ = ["NginxServer", "Failure", "Load", "check", "wait_for", "alive", "become_subreaper", "reap", "title",
-           "children_of", "held_connections", "listen_sockets_of", "listeners", "listening_addresses", "ncpu",
-           "uid_of"]
+__all__ = ["Nginx", "NginxBuild", "Failure", "ncpu", "PORT"]

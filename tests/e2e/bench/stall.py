@@ -1,50 +1,40 @@
-#!/usr/bin/env python3
 """The stall benchmark: what one stopped worker (SIGSTOP for 4 s) costs a prefork server
 under a load at saturation, for four setups side by side in one run:
 
-- stock nginx 1.22.1, `listen ... reuseport` (a socket per worker: the stopped worker's
+- stock nginx, `listen ... reuseport` (a socket per worker: the stopped worker's
   queue keeps getting its share of the new connections, and nobody accepts them);
 - stock nginx, plain `listen` (one socket for all workers: the running one accepts
   everything);
 - rpserver, with the library's health-aware steering (strategy bpf);
 - nginx with the reuseport patch (the library, the same steering).
 
-Each is the `stall2` scenario (`stall2_plain` for the plain listen) of tests/nginx/run.py
-or tests/scenarios/run.py, in a fresh private network namespace (tests/c/in-netns.sh, root
-needed) with net.ipv4.tcp_migrate_req=0: 2 workers, 64 connections in flight, a new
-connection per request, 2 s client timeout; the highest-pid (nginx) or last-spawned
+Each is the `stall2` scenario (`stall2_plain` for the plain listen) of e2e.run, in a
+fresh private network namespace (tests/c/in-netns.sh, root needed) with
+net.ipv4.tcp_migrate_req=0: 2 workers, 64 connections in flight, a new connection per
+request, 2 s client timeout; the highest-pid (nginx) or last-spawned
 (rpserver) worker stopped 1.5 s into the load and continued 4 s later. The library rows
-run with their scenario's checks (rpserver always, patched nginx with --expect-zero);
+run with their scenario's checks (--expect-zero);
 their verdicts are listed under the table. With several rounds the setups take turns in
 a rotating order, and each cell is the mean (min-max).
 
 Prints one Markdown table on stdout, progress on stderr.
-
-Usage: bench.py --stock PREFIX --patched PREFIX --server PATH --client PATH [--rounds N]
 """
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.dirname(HERE)
-IN_NETNS = os.path.join(TESTS, "c", "in-netns.sh")
-sys.path.insert(0, os.path.join(TESTS, "scenarios"))
-
-from harness import STALL_AFTER_S, STALL_LOAD, STALL_S, STALL_STEADY_S  # noqa: E402
+from ..stall import STALL_LOAD
+from ..verdict import STALL_AFTER_S, STALL_S, STALL_STEADY_S
+from .runs import default, require_root, run_scenario
 
 # (label, runner, its arguments, scenario)
 SETUPS = [
     ("stock nginx, `listen ... reuseport`", "nginx", ["--kind", "stock"], "stall2"),
     ("stock nginx, plain `listen`", "nginx", ["--kind", "stock"], "stall2_plain"),
-    ("rpserver (library, steering)", "rpserver", ["--strategy", "bpf"], "stall2"),
+    ("rpserver (library, steering)", "rpserver", ["--strategy", "bpf", "--expect-zero"], "stall2"),
     ("patched nginx (library, steering)", "nginx", ["--kind", "patched", "--expect-zero"], "stall2"),
 ]
 COLUMNS = [("steady req/s", "steady_rate", "{:.0f}"), ("req/s during the stall", "stall_rate", "{:.0f}"),
@@ -56,30 +46,21 @@ COLUMNS = [("steady req/s", "steady_rate", "{:.0f}"), ("req/s during the stall",
 def run(args, setup, label):
     """One scenario run; (its results record or None, exit status, its FAILED lines)."""
     name, runner, extra, scenario = setup
-    with tempfile.NamedTemporaryFile(prefix="stall-bench-", suffix=".jsonl", delete=False) as f:
-        results = f.name
     if runner == "nginx":
-        prefix = args.patched if "patched" in extra else args.stock
-        cmd = [os.path.join(TESTS, "nginx", "run.py"), "--nginx", prefix]
+        server = ["nginx", "--prefix", args.patched if "patched" in extra else args.stock]
     else:
-        cmd = [os.path.join(TESTS, "scenarios", "run.py"), "--server", args.server]
-    cmd = [IN_NETNS, sys.executable] + cmd + ["--client", args.client, "--sysctl", "0", "--results", results] \
-        + extra + [scenario]
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    with open(results) as f:
-        lines = f.read().splitlines()
-    os.unlink(results)
-    record = json.loads(lines[-1]) if lines else None
-    failed = [line.strip() for line in p.stdout.splitlines() if ": FAILED: " in line]
+        server = ["rpserver", "--binary", args.server]
+    server += ["--client", args.client, "--sysctl", "0"] + extra
+    record, rc, out, took = run_scenario(server, scenario, timeout=300)
+    failed = [line.strip() for line in out.splitlines() if ": FAILED: " in line]
     figures = (", ".join(f"{key}={record[key]}" for _, key, _ in COLUMNS if key in record)
                if record else "no record")
-    print(f"  {label}: {name}: exit {p.returncode}, {time.monotonic() - t0:.1f} s: {figures}", file=sys.stderr,
+    print(f"  {label}: {name}: exit {rc}, {took:.1f} s: {figures}", file=sys.stderr,
           flush=True)
     if not record or "stall_rate" not in record:
-        tail = [line for line in p.stdout.splitlines() if not line.startswith("loadclient: ")][-15:]
+        tail = [line for line in out.splitlines() if not line.startswith("loadclient: ")][-15:]
         print("    " + "\n    ".join(tail), file=sys.stderr, flush=True)
-    return record, p.returncode, failed
+    return record, rc, failed
 
 
 def cell(values, fmt):
@@ -91,18 +72,16 @@ def cell(values, fmt):
     return f"{fmt.format(statistics.mean(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def main():
-    root = os.path.dirname(TESTS)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stock", default=os.path.join(root, "target", "nginx-stock"))
-    p.add_argument("--patched", default=os.path.join(root, "target", "nginx-patched"))
-    p.add_argument("--server", default=os.path.join(root, "build", "c-examples", "rpserver"))
-    p.add_argument("--client", default=os.path.join(root, "build", "c-examples", "loadclient"))
+def add_arguments(p):
+    p.add_argument("--stock", default=default("target", "nginx-stock"))
+    p.add_argument("--patched", default=default("target", "nginx-patched"))
+    p.add_argument("--server", default=default("build", "c-examples", "rpserver"))
+    p.add_argument("--client", default=default("build", "c-examples", "loadclient"))
     p.add_argument("--rounds", type=int, default=1)
-    args = p.parse_args()
-    if os.getuid() != 0:
-        print("bench.py needs root: every run is a private network namespace", file=sys.stderr)
-        return 2
+
+
+def main(args):
+    require_root()
     for path in (os.path.join(args.stock, "sbin", "nginx"), os.path.join(args.patched, "sbin", "nginx"),
                  args.server, args.client):
         if not os.access(path, os.X_OK):
@@ -119,7 +98,7 @@ def main():
         for setup in order:
             record, rc, failed = run(args, setup, label)
             records[setup[0]].append(record if record and "stall_rate" in record else None)
-            if setup[1] == "rpserver" or "--expect-zero" in setup[2] or not record:
+            if "--expect-zero" in setup[2] or not record:
                 verdicts[setup[0]].append((rnd + 1, rc, failed))
 
     uname = platform.uname()
@@ -144,6 +123,3 @@ def main():
             print(f"- {name}, round {rnd}: {verdict}" + (f": {failed[0].split(': FAILED: ', 1)[1]}" if failed else ""))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

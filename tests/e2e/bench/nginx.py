@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
-"""The nginx comparison benchmark: stock nginx 1.22.1 and the same nginx with the reuseport
-patch, side by side in one run, interleaved per round (the order of the two alternates
-from round to round, so that drift in the machine's load hits both):
+"""The nginx comparison benchmark: a stock nginx build and the same nginx with the
+reuseport patch, side by side in one run, interleaved per round (the order of the two
+alternates from round to round, so that drift in the machine's load hits both):
 
 1. throughput at saturation: the `serve` scenario (2 workers, IPv4 and IPv6) with the load
    client uncapped (--rate 0, 64 connections in flight, a new connection per request) for
@@ -11,35 +10,22 @@ from round to round, so that drift in the machine's load hits both):
    fast-stopped workers held (in flight at death);
 3. the listen sockets each process holds with 4 addresses x 4 workers (`sockets`).
 
-Every run is tests/nginx/run.py in a fresh private network namespace (root needed), with
+Every run is e2e.run in a fresh private network namespace, with
 net.ipv4.tcp_migrate_req=0 there, and without --expect-zero: the counts are recorded for
-both builds; patched runs whose failures exceed what dead workers held are listed.
-Prints Markdown tables on stdout, progress on stderr.
+both builds; patched runs whose failures exceed what dead workers held are listed."""
 
-Usage: bench.py --stock PREFIX --patched PREFIX --client PATH [--rounds N]
-                [--events a,b] [--rate N] [--concurrency N]
-                [--saturation-seconds S] [--saturation-concurrency N]
-"""
-
-import argparse
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-IN_NETNS = os.path.join(HERE, "..", "c", "in-netns.sh")
+from ..servers.nginx import NginxBuild
+from .runs import default, failed_of, require_root, run_scenario
 
 EVENTS = ["reload10", "workers_change", "upgrade", "revert_hup", "revert_term", "kill9_worker0", "kill9_other"]
 KINDS = ("stock", "patched")
-
-
-def failed_of(r):
-    return r["refused"] + r["reset"] + r["timeout"] + r["other"]
 
 
 class Runner:
@@ -51,60 +37,49 @@ class Runner:
         self.runs = 0
 
     def run(self, label, kind, scenario, extra):
-        """One run.py run; its JSON record, or None when it failed."""
+        """One e2e.run run; its JSON record, or None when it failed."""
         self.runs += 1
-        with tempfile.NamedTemporaryFile(prefix="nginx-bench-", suffix=".jsonl", delete=False) as f:
-            results = f.name
-        cmd = [IN_NETNS, sys.executable, os.path.join(HERE, "run.py"), "--nginx", self.prefix[kind], "--kind", kind,
-               "--client", self.args.client, "--sysctl", "0", "--results", results] + extra + [scenario]
-        t0 = time.monotonic()
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        took = time.monotonic() - t0
-        record = None
-        with open(results) as f:
-            lines = f.read().splitlines()
-        os.unlink(results)
-        if lines:
-            record = json.loads(lines[-1])
+        server = ["nginx", "--prefix", self.prefix[kind], "--kind", kind, "--client", self.args.client, "--sysctl", "0"]
+        record, rc, out, took = run_scenario(server, scenario, extra)
         summary = ""
         if record and "requests" in record:
             summary = (f"requests={record['requests']} failed={failed_of(record)} "
                        f"in_flight_at_death={record['in_flight_at_death']} rate_per_s={record['rate_per_s']}")
         elif record and "listen_sockets" in record:
             summary = f"listen sockets {record['listen_sockets']}"
-        print(f"  {label}: {scenario} {kind}: exit {p.returncode}, {took:.1f} s {summary}", file=sys.stderr, flush=True)
-        if p.returncode != 0:
-            self.failures.append((f"{label}: {scenario} {kind}", p.returncode, "\n".join(p.stdout.splitlines()[-15:])))
-            print("    " + "\n    ".join(p.stdout.splitlines()[-15:]), file=sys.stderr, flush=True)
+        print(f"  {label}: {scenario} {kind}: exit {rc}, {took:.1f} s {summary}", file=sys.stderr, flush=True)
+        if rc != 0:
+            self.failures.append((f"{label}: {scenario} {kind}", rc, "\n".join(out.splitlines()[-15:])))
+            print("    " + "\n    ".join(out.splitlines()[-15:]), file=sys.stderr, flush=True)
         if record and "requests" in record and kind == "patched":
             allowed = record["in_flight_at_death"] + record.get("in_flight_slack", 0)
             if failed_of(record) > allowed:
                 self.over.append((f"{label}: {scenario} {kind}", failed_of(record), allowed, record,
-                                  [line for line in p.stdout.splitlines() if line.startswith("loadclient: failure")]))
+                                  [line for line in out.splitlines() if line.startswith("loadclient: failure")]))
                 print("    " + "\n    ".join(self.over[-1][4]), file=sys.stderr, flush=True)
         return record
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stock", default=os.path.join(HERE, "..", "..", "target", "nginx-stock"))
-    p.add_argument("--patched", default=os.path.join(HERE, "..", "..", "target", "nginx-patched"))
-    p.add_argument("--client", default=os.path.join(HERE, "..", "..", "build", "c-examples", "loadclient"))
+def add_arguments(p):
+    p.add_argument("--stock", default=default("target", "nginx-stock"))
+    p.add_argument("--patched", default=default("target", "nginx-patched"))
+    p.add_argument("--client", default=default("build", "c-examples", "loadclient"))
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--events", default=",".join(EVENTS), help="lifecycle scenarios of run.py, comma-separated")
+    p.add_argument("--events", default=",".join(EVENTS), help="lifecycle scenarios of e2e.run, comma-separated")
     p.add_argument("--rate", type=int, default=4000, help="new connections per second during the events")
     p.add_argument("--concurrency", type=int, default=32, help="connections in flight during the events")
     p.add_argument("--saturation-seconds", type=float, default=5, help="seconds of each throughput run")
     p.add_argument("--saturation-concurrency", type=int, default=64)
-    args = p.parse_args()
-    if os.getuid() != 0:
-        print("bench.py needs root: every run is a private network namespace", file=sys.stderr)
-        return 2
+
+
+def main(args):
+    require_root()
     for kind in KINDS:
         prefix = getattr(args, kind)
         if not os.access(os.path.join(prefix, "sbin", "nginx"), os.X_OK):
             print(f"{prefix}/sbin/nginx not found: run scripts/build-nginx.sh", file=sys.stderr)
             return 2
+    version = NginxBuild.at(args.stock, "stock").version
     events = [e for e in args.events.split(",") if e]
     runner = Runner(args)
     started = time.monotonic()
@@ -144,7 +119,7 @@ def main():
 
     elapsed = time.monotonic() - started
     uname = platform.uname()
-    print("# nginx 1.22.1: stock and with the reuseport patch\n")
+    print(f"# nginx {version}: stock and with the reuseport patch\n")
     print(f"{args.rounds} rounds, interleaved; Linux {uname.release}, {os.cpu_count()} CPUs (client and server "
           f"share them); net.ipv4.tcp_migrate_req=0; {runner.runs} runs in {elapsed / 60:.1f} min.\n")
 
@@ -230,6 +205,3 @@ def main():
             print(f"- {what}: exit {rc}\n\n```\n{tail}\n```\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The results files (the JSON lines `python3 -m e2e.run --results FILE` appends) as
+Markdown tables; the last run of each scenario wins.
+
+  python3 -m e2e.table rpserver build/scenario-results.jsonl
+      scenario x strategy x tcp_migrate_req -> requests and failures by kind
+  python3 -m e2e.table nginx build/nginx-results.jsonl
+      scenario x build (stock, patched) x tcp_migrate_req -> the same; then the listen
+      sockets each process holds (the `sockets` scenario), then the scenarios without load
+      that passed"""
+
+import json
+import sys
+
+ROW_HEAD = ("requests", "ok", "refused", "reset", "timeout", "other", "in flight at death")
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def markdown_row(cells):
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def head(*cells):
+    return markdown_row(cells) + "\n|" + "---|" * len(cells)
+
+
+def counts(r):
+    lost = str(r["in_flight_at_death"]) + (f" (+{r['in_flight_slack']} possible)" if r.get("in_flight_slack") else "")
+    return (r["requests"], r["ok"], r["refused"], r["reset"], r["timeout"], r["other"], lost)
+
+
+def rpserver_table(records):
+    rows = {(r["scenario"], r.get("strategy", "auto"), r["tcp_migrate_req"]): r for r in records}
+    print(head("scenario", "strategy", "tcp_migrate_req", *ROW_HEAD))
+    order = {"bpf": 0, "sysctl": 1, "auto": 2, "drain": 3, "none": 4}
+    for (name, strategy, m), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9), -kv[0][2])):
+        print(markdown_row((name, strategy, m) + counts(r)))
+
+
+def nginx_table(records):
+    rows, sockets, checks = {}, {}, {}
+    for r in records:
+        key = (r["scenario"], r["server"], r["tcp_migrate_req"])
+        if "listen_sockets" in r:
+            sockets[key] = r["listen_sockets"]
+        elif r.get("checks_passed"):
+            checks[key] = r
+        else:
+            rows[key] = r
+    versions = sorted({r["nginx_version"] for r in records if "nginx_version" in r})
+    if versions:
+        print(f"nginx {', '.join(versions)}\n")
+    print(head("scenario", "nginx", "tcp_migrate_req", *ROW_HEAD))
+    order = {"patched": 0, "stock": 1}
+    for (name, server, m), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9), -kv[0][2])):
+        print(markdown_row((name, server, m) + counts(r)))
+    if sockets:
+        print()
+        print(head("nginx", "listen sockets held by the master", "by each worker"))
+        for (_, server, _), c in sorted(sockets.items(), key=lambda kv: order.get(kv[0][1], 9)):
+            print(markdown_row((server, c["master"], " ".join(map(str, c["workers"])))))
+    if checks:
+        print()
+        print(head("scenario (no load)", "nginx", "result"))
+        for (name, server, _) in sorted(checks, key=lambda k: (k[0], order.get(k[1], 9))):
+            print(markdown_row((name, server, "passed")))
+
+
+def main():
+    tables = {"rpserver": rpserver_table, "nginx": nginx_table}
+    if len(sys.argv) != 3 or sys.argv[1] not in tables:
+        print(__doc__, file=sys.stderr)
+        return 2
+    tables[sys.argv[1]](read(sys.argv[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
