@@ -202,8 +202,9 @@ typedef struct reuseport_listen_options {
 } reuseport_listen_options;
 
 /**
- * Receives a connection a draining retire accepted: `fd` (non-blocking, close-on-exec)
- * now belongs to the callee, who serves it; `index` is the listener it came from.
+ * Receives a connection a retire accepted (a drain's, or one that arrived while the
+ * sockets left the steering's choice): `fd` (non-blocking, close-on-exec) now belongs to
+ * the callee, who serves it; `index` is the listener it came from.
  * Return 0 to take it, anything else to refuse it (the library then closes it).
  */
 typedef int (*reuseport_accept_fn)(int fd, size_t index, void *user);
@@ -383,6 +384,23 @@ int reuseport_set_add_addr(struct reuseport_set *set,
                            const struct reuseport_listen_options *opts);
 
 /**
+ * Master, on a reload (or an old master reverting an upgrade), after adding `next`'s
+ * specs and before opening it:
+ * `next` takes over from `prev`, the set it replaces, what carries from one generation
+ * to the next: the migration program, the steering context of every address both sets
+ * have (old and new workers share one slot table, so a retiring old worker sees its
+ * successors coming and leaves only once they can take its connections), and the close
+ * token (the sockets of every generation of this master close in turn). Addresses only
+ * `next` has get their own at open; steering follows `next`'s own settings.
+ *
+ * `prev` is not changed; free it when its workers are gone, before or after opening
+ * `next`. Across exec (a binary upgrade) nothing but the program can be handed over:
+ * use reuseport_set_program() in the new binary. -EALREADY when `next` holds sockets,
+ * -EINVAL when it has no specs yet.
+ */
+int reuseport_set_inherit(struct reuseport_set *next, const struct reuseport_set *prev);
+
+/**
  * Master, before forking: for every spec, socket (SOCK_CLOEXEC, non-blocking) +
  * SO_REUSEADDR + SO_REUSEPORT (+ IPV6_V6ONLY) + bind + listen(backlog). No other option is
  * set: the first worker configures these sockets when it adopts them.
@@ -459,20 +477,37 @@ int reuseport_set_drain(struct reuseport_set *set,
 
 /**
  * A worker leaving its groups (reload, upgrade, graceful quit): call it instead of
- * closing the listen sockets yourself, and stop accepting from them.
+ * closing the listen sockets yourself, and stop accepting from them yourself.
  *
- * With migration (bpf, sysctl) it closes them at once (the kernel moves their queues to
- * the surviving members) and returns 0. With drain it accepts what is queued, passing
- * each connection to `on_accept` (required then), and returns a positive number of
- * milliseconds after which to call it again (sooner when a listen fd is readable); it
- * returns 0 once the queue has stayed empty for the grace period, or the maximum has
- * passed, and every socket is closed. Keep serving your other connections between calls.
+ * It never blocks. It returns 0 when every listen socket is closed (the set is then
+ * released: it holds no socket, and the fds reuseport_set_fd() returned are closed), or
+ * a positive number of milliseconds after which to call it again: sooner when a listen
+ * fd, or the fd reuseport_retire_fd() returns, is readable. Keep serving the connections
+ * you already accepted between calls, from your event loop or a timer.
  *
- * The set is then released: it holds no socket, and the fds reuseport_set_fd() returned
- * are closed. -EINVAL when the set holds no sockets, or drain needs a callback and has
- * none. Who: any process holding sockets (first worker, other worker, single).
+ * What it waits for, without blocking: with steering, that a sibling is eligible when one
+ * is coming (a reload's new workers, at most 300 ms) and that handshakes that chose this
+ * socket complete (10 ms); the close token, so that the sockets of one master close in
+ * turn (at most 200 ms, should a holder have died); 10 ms after its close, before the
+ * next process may close. With migration (bpf, sysctl) the kernel then moves the queues
+ * to the surviving members. With drain it accepts what is queued until the queue has
+ * stayed empty for the grace period, or the maximum has passed, then closes.
+ *
+ * `on_accept` receives each connection accepted on the way: required with drain;
+ * optional with migration, where it takes what arrives before the close (served at once
+ * rather than after migrating). -EINVAL when the set holds no sockets, or drain needs a
+ * callback and has none. Who: any process holding sockets (first worker, other worker,
+ * single).
  */
 int reuseport_retire(struct reuseport_set *set, reuseport_accept_fn on_accept, void *user);
+
+/**
+ * While reuseport_retire() waits for its turn to close: an fd that becomes readable when
+ * the turn may be free (poll it for POLLIN, or add it to epoll until the next call),
+ * borrowed: the set owns it. -ENOENT when the wait is a timer only (or no retire is under
+ * way): use the milliseconds reuseport_retire() returned. Who: the process retiring.
+ */
+int reuseport_retire_fd(const struct reuseport_set *set);
 
 /**
  * Sets how long connections may wait on a worker whose heartbeat stands still before new
@@ -559,13 +594,15 @@ int reuseport_strategy_parse(const char *name);
 
 /**
  * Hands the set a reuseport migration program fd the caller holds, e.g. one an
- * unprivileged master inherited across exec from a privileged one, or the previous
- * generation's set's (reuseport_set_program_fd()). The set keeps its own close-on-exec
+ * unprivileged master inherited across exec from a privileged one (a reload within one
+ * process uses reuseport_set_inherit() instead). It is used where the group is not
+ * steered (steering off, or no CAP_BPF to create it); it does not turn steering off. The set keeps its own close-on-exec
  * duplicate; the caller still owns `prog_fd`. Before opening. -EINVAL when `prog_fd` is
  * not the library's migration program (checked by type and name: a reuseport program
  * loaded for plain selection would attach but migrate nothing).
  */
-int reuseport_set_program(struct reuseport_set *set, int prog_fd);
+int reuseport_set_program(struct reuseport_set *set,
+                          int prog_fd);
 
 /**
  * The migration program fd the set holds (loaded by its open, or handed over), borrowed:

@@ -121,9 +121,11 @@ static void signal_workers(int sig, int only_older_than_current)
     }
 }
 
-/* A new set from the config: specs already opened keep their resolved text (and port),
- * and the migration program of the running set (or one handed over across exec) is
- * reused, so a master that could load it once never needs the privilege again. */
+/* A new set from the config: specs already opened keep their resolved text (and port).
+ * It takes over from the running set (reuseport_set_inherit: the migration program, the
+ * steering of the addresses both have, the close token), or, in a new binary, from the
+ * program handed over across exec, so a master that could load it once never needs the
+ * privilege again. */
 static int inherited_program = -1;
 
 static int64_t monotonic_ms(void)
@@ -142,11 +144,6 @@ static reuseport_set *build_set(const rp_config *c)
         reuseport_set_free(s);
         return NULL;
     }
-    int prog = set ? reuseport_set_program_fd(set) : inherited_program;
-    if (s && prog >= 0 && reuseport_set_program(s, prog) < 0) {
-        reuseport_set_free(s);
-        return NULL;
-    }
     for (int i = 0; s && i < c->n_listen; i++) {
         const char *spec = c->listen[i];
         for (int r = 0; r < n_resolved; r++)
@@ -157,6 +154,11 @@ static reuseport_set *build_set(const rp_config *c)
             reuseport_set_free(s);
             return NULL;
         }
+    }
+    if (s && (set ? reuseport_set_inherit(s, set) < 0
+                  : inherited_program >= 0 && reuseport_set_program(s, inherited_program) < 0)) {
+        reuseport_set_free(s);
+        return NULL;
     }
     return s;
 }
@@ -229,7 +231,7 @@ static void reload(void)
         reuseport_set_free(s);
         return;
     }
-    /* The new sockets are in their groups now; the old workers may go. */
+    /* The new set holds what it needs of the old one; the old workers may go. */
     reuseport_set_free(set);
     set = s;
     cf = next;

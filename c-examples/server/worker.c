@@ -321,7 +321,8 @@ static void accept_from(listener *l)
     }
 }
 
-/* A drain hands over connections it accepted while the worker leaves its groups. */
+/* A retire hands over connections it accepted while the worker leaves its groups: a
+ * drain's, and those that arrive before the close. */
 static int take_drained(int fd, size_t index, void *user)
 {
     (void)index;
@@ -453,13 +454,20 @@ void rp_worker_run(const rp_config *config, reuseport_set *set, int first, unsig
         if (!accepting && set && active_conns < n_conns)
             listeners_enable(1);
 
+        /* A retire never blocks: it says when to call it again, and meanwhile this loop
+         * serves what it had accepted. */
+        int timeout = 100;
+        if (set && quit_requested) {
+            int64_t left = retire_again - now_ms();
+            timeout = left <= 0 ? 0 : left < 100 ? (int)left : 100;
+        }
         struct epoll_event evs[64];
-        int n = epoll_pwait(ep, evs, 64, set && quit_requested ? 5 : 100, &during_wait);
+        int n = epoll_pwait(ep, evs, 64, timeout, &during_wait);
         for (int i = 0; i < n; i++) {
             int kind = *(int *)evs[i].data.ptr;
             if (kind == KIND_LISTEN) {
                 if (set && quit_requested)
-                    retire_again = 1;  /* a draining retire takes it on the next turn */
+                    retire_again = 1;  /* the retire accepts and hands it over, next turn */
                 else if (set)
                     accept_from(evs[i].data.ptr);
                 continue;

@@ -1,10 +1,35 @@
-//! The master's calls: open the listen sockets before forking, release them right after
-//! forking the first worker.
+//! The master's calls: take over from the previous generation's set (reload), open the
+//! listen sockets before forking, release them right after forking the first worker.
 
 use std::ffi::c_int;
 
 use super::guard;
-use super::set::{reuseport_set, set_mut};
+use super::set::{reuseport_set, set_mut, set_ref};
+use crate::error::Error;
+
+/// Master, on a reload (or an old master reverting an upgrade), after adding `next`'s
+/// specs and before opening it:
+/// `next` takes over from `prev`, the set it replaces, what carries from one generation
+/// to the next: the migration program, the steering context of every address both sets
+/// have (old and new workers share one slot table, so a retiring old worker sees its
+/// successors coming and leaves only once they can take its connections), and the close
+/// token (the sockets of every generation of this master close in turn). Addresses only
+/// `next` has get their own at open; steering follows `next`'s own settings.
+///
+/// `prev` is not changed; free it when its workers are gone, before or after opening
+/// `next`. Across exec (a binary upgrade) nothing but the program can be handed over:
+/// use reuseport_set_program() in the new binary. -EALREADY when `next` holds sockets,
+/// -EINVAL when it has no specs yet.
+#[no_mangle]
+pub extern "C" fn reuseport_set_inherit(next: *mut reuseport_set, prev: *const reuseport_set) -> c_int {
+    guard("reuseport_set_inherit", || {
+        if std::ptr::eq(next, prev) {
+            return Err(Error::invalid("next and prev are the same set"));
+        }
+        let prev = set_ref(prev)?;
+        set_mut(next)?.inherit(prev).map(|_| 0)
+    })
+}
 
 /// Master, before forking: for every spec, socket (SOCK_CLOEXEC, non-blocking) +
 /// SO_REUSEADDR + SO_REUSEPORT (+ IPV6_V6ONLY) + bind + listen(backlog). No other option is

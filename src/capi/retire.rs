@@ -4,13 +4,14 @@ use std::ffi::{c_int, c_uint, c_void};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::guard;
-use super::set::{reuseport_set, set_mut};
-use crate::error::Error;
+use super::set::{reuseport_set, set_mut, set_ref};
+use super::{guard, guard_query};
+use crate::error::{Error, Step};
 use crate::set::{DrainTiming, Progress};
 
-/// Receives a connection a draining retire accepted: `fd` (non-blocking, close-on-exec)
-/// now belongs to the callee, who serves it; `index` is the listener it came from.
+/// Receives a connection a retire accepted (a drain's, or one that arrived while the
+/// sockets left the steering's choice): `fd` (non-blocking, close-on-exec) now belongs to
+/// the callee, who serves it; `index` is the listener it came from.
 /// Return 0 to take it, anything else to refuse it (the library then closes it).
 pub type reuseport_accept_fn = Option<unsafe extern "C" fn(fd: c_int, index: usize, user: *mut c_void) -> c_int>;
 
@@ -45,18 +46,27 @@ pub extern "C" fn reuseport_set_drain(
 }
 
 /// A worker leaving its groups (reload, upgrade, graceful quit): call it instead of
-/// closing the listen sockets yourself, and stop accepting from them.
+/// closing the listen sockets yourself, and stop accepting from them yourself.
 ///
-/// With migration (bpf, sysctl) it closes them at once (the kernel moves their queues to
-/// the surviving members) and returns 0. With drain it accepts what is queued, passing
-/// each connection to `on_accept` (required then), and returns a positive number of
-/// milliseconds after which to call it again (sooner when a listen fd is readable); it
-/// returns 0 once the queue has stayed empty for the grace period, or the maximum has
-/// passed, and every socket is closed. Keep serving your other connections between calls.
+/// It never blocks. It returns 0 when every listen socket is closed (the set is then
+/// released: it holds no socket, and the fds reuseport_set_fd() returned are closed), or
+/// a positive number of milliseconds after which to call it again: sooner when a listen
+/// fd, or the fd reuseport_retire_fd() returns, is readable. Keep serving the connections
+/// you already accepted between calls, from your event loop or a timer.
 ///
-/// The set is then released: it holds no socket, and the fds reuseport_set_fd() returned
-/// are closed. -EINVAL when the set holds no sockets, or drain needs a callback and has
-/// none. Who: any process holding sockets (first worker, other worker, single).
+/// What it waits for, without blocking: with steering, that a sibling is eligible when one
+/// is coming (a reload's new workers, at most 300 ms) and that handshakes that chose this
+/// socket complete (10 ms); the close token, so that the sockets of one master close in
+/// turn (at most 200 ms, should a holder have died); 10 ms after its close, before the
+/// next process may close. With migration (bpf, sysctl) the kernel then moves the queues
+/// to the surviving members. With drain it accepts what is queued until the queue has
+/// stayed empty for the grace period, or the maximum has passed, then closes.
+///
+/// `on_accept` receives each connection accepted on the way: required with drain;
+/// optional with migration, where it takes what arrives before the close (served at once
+/// rather than after migrating). -EINVAL when the set holds no sockets, or drain needs a
+/// callback and has none. Who: any process holding sockets (first worker, other worker,
+/// single).
 #[no_mangle]
 pub extern "C" fn reuseport_retire(
     set: *mut reuseport_set,
@@ -72,20 +82,35 @@ pub extern "C" fn reuseport_retire(
                 "this set drains (strategy drain): pass an on_accept callback to take the queued connections",
             ));
         }
-        let mut hand_over = |fd: OwnedFd, index: usize| match on_accept {
+        let progress = match on_accept {
             Some(f) => {
-                let raw = fd.into_raw_fd();
-                // SAFETY: the host's callback, handed a connection fd it now owns.
-                let taken = unsafe { f(raw, index, user) } == 0;
-                // SAFETY: refused: the fd is still ours.
-                (!taken).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+                let mut hand_over = |fd: OwnedFd, index: usize| {
+                    let raw = fd.into_raw_fd();
+                    // SAFETY: the host's callback, handed a connection fd it now owns.
+                    let taken = unsafe { f(raw, index, user) } == 0;
+                    // SAFETY: refused: the fd is still ours.
+                    (!taken).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+                };
+                set.retire(Some(&mut hand_over))?
             }
-            None => Some(fd),
+            None => set.retire(None)?,
         };
-        let progress = set.retire(&mut hand_over)?;
         Ok(match progress {
             Progress::Done { .. } => 0,
             Progress::Again(d) => d.as_millis().clamp(1, c_int::MAX as u128) as c_int,
+        })
+    })
+}
+
+/// While reuseport_retire() waits for its turn to close: an fd that becomes readable when
+/// the turn may be free (poll it for POLLIN, or add it to epoll until the next call),
+/// borrowed: the set owns it. -ENOENT when the wait is a timer only (or no retire is under
+/// way): use the milliseconds reuseport_retire() returned. Who: the process retiring.
+#[no_mangle]
+pub extern "C" fn reuseport_retire_fd(set: *const reuseport_set) -> c_int {
+    guard_query("reuseport_retire_fd", || {
+        set_ref(set)?.retire_poll_fd().ok_or_else(|| {
+            Error::new(libc::ENOENT, Step::Lifecycle, "no retire is waiting on an fd: wait for the time it returned")
         })
     })
 }

@@ -102,8 +102,9 @@ pub extern "C" fn reuseport_strategy_parse(name: *const c_char) -> c_int {
 }
 
 /// Hands the set a reuseport migration program fd the caller holds, e.g. one an
-/// unprivileged master inherited across exec from a privileged one, or the previous
-/// generation's set's (reuseport_set_program_fd()). The set keeps its own close-on-exec
+/// unprivileged master inherited across exec from a privileged one (a reload within one
+/// process uses reuseport_set_inherit() instead). It is used where the group is not
+/// steered (steering off, or no CAP_BPF to create it); it does not turn steering off. The set keeps its own close-on-exec
 /// duplicate; the caller still owns `prog_fd`. Before opening. -EINVAL when `prog_fd` is
 /// not the library's migration program (checked by type and name: a reuseport program
 /// loaded for plain selection would attach but migrate nothing).

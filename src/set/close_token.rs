@@ -18,11 +18,9 @@
 //! killed while holding it delays the others, never blocks them.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 #[derive(Debug)]
 pub struct CloseToken {
@@ -38,28 +36,20 @@ impl CloseToken {
         Ok(token)
     }
 
+    /// The same token (the same pipe), for another set of the same master.
+    pub fn try_clone(&self) -> io::Result<CloseToken> {
+        Ok(CloseToken { read: self.read.try_clone()?, write: self.write.try_clone()? })
+    }
+
+    /// Readable when the token may be free: what a waiting caller polls.
+    pub fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
     /// Takes the token if it is free now: never waits.
     pub fn try_acquire(&self) -> bool {
         let mut byte = [0u8; 1];
         matches!(nix::unistd::read(self.read.as_raw_fd(), &mut byte), Ok(1))
-    }
-
-    /// Waits up to `patience` for the token; false when it did not come (its holder may
-    /// have died): the caller goes ahead anyway.
-    pub fn acquire(&self, patience: Duration) -> bool {
-        let deadline = Instant::now() + patience;
-        loop {
-            if self.try_acquire() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            // Another process may take the byte first; then the loop waits again.
-            let _ = nix::poll::poll(&mut [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)], PollTimeout::from(ms));
-        }
     }
 
     pub fn release(&self) {
@@ -72,15 +62,22 @@ impl CloseToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    fn readable(t: &CloseToken) -> bool {
+        poll(&mut [PollFd::new(t.poll_fd(), PollFlags::POLLIN)], PollTimeout::ZERO).unwrap() == 1
+    }
 
     #[test]
-    fn one_holder_at_a_time_and_a_bounded_wait() {
+    fn one_holder_at_a_time_across_clones_and_pollable_when_free() {
         let t = CloseToken::new().unwrap();
-        assert!(t.acquire(Duration::from_millis(10)));
-        let start = Instant::now();
-        assert!(!t.acquire(Duration::from_millis(30)), "a second holder must wait");
-        assert!(start.elapsed() >= Duration::from_millis(30));
+        let other = t.try_clone().unwrap();
+        assert!(readable(&t), "a free token is readable");
+        assert!(t.try_acquire());
+        assert!(!other.try_acquire(), "a clone shares the one token");
+        assert!(!readable(&other), "a held token is not readable");
         t.release();
-        assert!(t.acquire(Duration::from_millis(10)));
+        assert!(readable(&other));
+        assert!(other.try_acquire());
     }
 }

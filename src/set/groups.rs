@@ -43,24 +43,27 @@ impl Groups {
     }
 
     /// The steering context for a listener bound to `bound`: the one it already has
-    /// (inherited from the master by a worker), or the master's own for this address,
-    /// created on its first open. None when steering is off, the strategy is not the
-    /// library's program, or the program cannot be loaded here (then the plain migration
-    /// program is tried).
+    /// (inherited from the master by a worker, from the previous set by a reload, or from
+    /// this set's previous open), or a new one created by a master's open. None when
+    /// steering is off (threshold 0, or a strategy other than the library's program) or
+    /// cannot be created here (then the migration program is used: loaded, or the one
+    /// handed over).
     pub(crate) fn steering_for(
         &self,
         existing: Option<&Arc<Steering>>,
         bound: &SocketAddr,
         configure: bool,
     ) -> Option<Arc<Steering>> {
+        if !self.wants_bpf() || self.health_threshold.is_zero() {
+            return None;
+        }
         if let Some(s) = existing {
             return Some(Arc::clone(s));
         }
-        let wants = self.wants_bpf() && !self.health_threshold.is_zero() && self.program.is_none() && !configure; // only a master's open creates one: a single process has no siblings
-        if !wants {
-            return None;
+        if configure {
+            return None; // only a master's open creates one: a single process has no siblings
         }
-        match steering::for_group(*bound) {
+        match steering::new_group(*bound) {
             Ok(s) => Some(s),
             Err(errno) => {
                 log::emit(
@@ -131,6 +134,17 @@ impl Groups {
         let prog = bpf::adopt_program(fd).map_err(|why| Error::new(libc::EINVAL, Step::Bpf, why))?;
         self.program = Some(prog);
         self.program_error = None;
+        Ok(())
+    }
+
+    /// Takes `prev`'s migration program when this set has none.
+    pub(crate) fn inherit(&mut self, prev: &Groups) -> Result<()> {
+        if self.program.is_none() {
+            if let Some(p) = &prev.program {
+                self.program = Some(p.try_clone().map_err(|e| Error::sys(&e, Step::Bpf, "migration program", "dup"))?);
+                self.program_error = None;
+            }
+        }
         Ok(())
     }
 

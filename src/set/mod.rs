@@ -335,10 +335,13 @@ impl Set {
 
     // ---- retire ----------------------------------------------------------------------------
 
-    /// One step of leaving the groups. `hand_over(fd, index)` receives each connection a
-    /// drain accepts (the server serves it); giving it back (`Some`) refuses it, and it is
-    /// closed. On `Done` the set is released.
-    pub fn retire(&mut self, hand_over: &mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>) -> Result<Progress> {
+    /// One step of leaving the groups; never waits (see retire.rs). `hand_over(fd, index)`
+    /// receives each connection accepted on the way (a drain's, and what arrives while
+    /// the sockets leave the steering's choice): the server serves it; giving it back
+    /// (`Some`) refuses it, and it is closed. Without it, nothing is accepted (a drain
+    /// needs it). `Again(d)`: call again within `d` (sooner when a listen fd or
+    /// retire_poll_fd() is readable). On `Done` the set is released.
+    pub fn retire(&mut self, hand_over: Option<&mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>>) -> Result<Progress> {
         let next = transition(self.role, Op::Retire).map_err(refused)?;
         let progress = self.retirement.step(&mut self.listeners, hand_over);
         if let Progress::Done { .. } = progress {
@@ -347,6 +350,12 @@ impl Set {
             self.retirement.reset();
         }
         Ok(progress)
+    }
+
+    /// While a retire waits for its turn to close: the fd that becomes readable when the
+    /// turn may be free (poll it, then call retire() again). None otherwise.
+    pub fn retire_poll_fd(&self) -> Option<RawFd> {
+        self.retirement.poll_fd()
     }
 
     /// Whether a retire would accept connections to hand over (some held listener drains).
@@ -399,6 +408,31 @@ impl Set {
     /// The slot this process holds in listener `i`'s group.
     pub fn own_slot(&self, i: usize) -> Option<usize> {
         self.listeners.get(i)?.claim.as_ref().map(|c| c.slot)
+    }
+
+    // ---- generations ---------------------------------------------------------------------
+
+    /// A reload's (or a reverting old master's) new set takes over from the set it
+    /// replaces: the migration program, the steering context of every address both have
+    /// (old and new workers then share one slot table, so a retiring worker sees its
+    /// successors coming), and the close token (every generation of one master closes in
+    /// turn). Call it after adding the specs, before opening this set; `prev` is not changed and may be freed
+    /// afterwards, in any order. A new binary (upgrade) cannot inherit across exec: it is
+    /// handed the program fd (use_program()) and creates its own steering.
+    pub fn inherit(&mut self, prev: &Set) -> Result<()> {
+        transition(self.role, Op::Configure("inherit from the previous set")).map_err(refused)?;
+        // The steering is matched by address: without the specs, nothing would match.
+        self.require_listeners("match with the previous set's (add the specs before inheriting)")?;
+        self.groups.inherit(&prev.groups)?;
+        for l in &mut self.listeners {
+            if let Some(p) = prev.listeners.iter().find(|p| p.addr == l.addr) {
+                l.steering = l.steering.take().or_else(|| p.steering.clone());
+            }
+        }
+        self.retirement
+            .inherit_close_token(&prev.retirement)
+            .map_err(|e| Error::sys(&e, Step::Lifecycle, "close token", "dup"))?;
+        Ok(())
     }
 
     // ---- strategy ----------------------------------------------------------------------------

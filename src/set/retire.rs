@@ -17,15 +17,29 @@
 //! while a connection waits in this socket's accept queue, new SYNs to it are dropped and
 //! retried by the client (after 1 s), and cookie connections carry fewer TCP options when
 //! timestamps are off.
+//!
+//! A retire never blocks its caller: servers are event loops, and a worker leaving its
+//! groups still has requests in flight. Each call advances as far as it can without
+//! waiting and returns how long until it wants to be called again (Progress::Again); the
+//! caller keeps serving meanwhile. The waits it takes, in order:
+//!
+//! 1. Leaving the steering program's choice (steered groups): a sibling that is coming (a
+//!    reload's new workers starting) is waited for, at most STEER_PATIENCE, then
+//!    STEER_GAP for handshakes that chose this socket just before to complete into the
+//!    queue, which migrates whole. With a taker (`hand_over`), what arrives meanwhile is
+//!    accepted and handed over instead of waiting for the close.
+//! 2. The close token (close_token.rs): the sockets of one master's processes close in
+//!    turn, waited for at most TURN_PATIENCE (pollable: Retirement::poll_fd()).
+//! 3. The close, and the turn kept for TURN_GAP after it.
+//! 4. With drain: accepting until the queue stays empty, then 2 and 3 again for the rest.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::close_token::CloseToken;
 use super::listener::Listener;
 use crate::error::{Error, Result, Step};
 use crate::log::{self, Level};
-use crate::steering::SlotClaim;
 use crate::strategy::Strategy;
 use crate::sys::socket;
 
@@ -33,15 +47,19 @@ use crate::sys::socket;
 /// only a holder that died makes anyone wait this long.
 const TURN_PATIENCE: Duration = Duration::from_millis(200);
 
-/// How long a process keeps the turn after closing its sockets: see end_turn().
+/// How long a process keeps the turn after closing its sockets: see the Holding phase.
 const TURN_GAP: Duration = Duration::from_millis(10);
 
-/// How long a retiring worker waits for a sibling to become eligible (steer_away()).
+/// How long a retiring worker waits for a sibling to become eligible.
 const STEER_PATIENCE: Duration = Duration::from_millis(300);
 
 /// How long a retiring worker keeps its socket open after leaving the program's choice:
 /// handshakes that chose it just before complete in well under this on a LAN.
 const STEER_GAP: Duration = Duration::from_millis(10);
+
+/// How often to look again for a sibling or a free turn (the token's fd can be polled
+/// instead).
+const RECHECK: Duration = Duration::from_millis(2);
 
 /// How long a drain waits for the queue to stay empty, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,25 +98,85 @@ impl DrainTiming {
 pub enum Progress {
     /// Every listen socket is closed; `handed_over` connections were accepted on the way.
     Done { handed_over: u64 },
-    /// Still draining: call again within this long (or when a listen fd is readable).
+    /// Not done: call again within this long (sooner when a listen fd, or the fd of
+    /// Set::retire_poll_fd(), is readable), and keep serving meanwhile.
     Again(Duration),
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Draining {
-    started: Instant,
-    last_accept: Instant,
-    handed_over: u64,
+/// What the turn, once taken, is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// The listeners whose groups migrate (a drain may follow for the others).
+    Migrating,
+    /// Every listener left (the end of a drain).
+    All,
 }
 
-/// What a set needs to leave its groups: the drain's timing and progress, and the close
-/// token its master's processes share.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not started.
+    Idle,
+    /// Out of the program's choice; waiting for a sibling until `patience`, then until
+    /// `gap` once one is eligible.
+    LeavingChoice {
+        patience: Instant,
+        gap: Option<Instant>,
+    },
+    /// Waiting for the close token since `since`.
+    WaitingTurn {
+        since: Instant,
+        close: Close,
+    },
+    /// Closed, keeping the turn until `until`.
+    Holding {
+        until: Instant,
+        then: AfterClose,
+    },
+    /// Accepting what is queued on the draining listeners.
+    Draining {
+        started: Instant,
+        last_accept: Instant,
+    },
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterClose {
+    Drain,
+    Done,
+}
+
+/// A set's way out of its groups: the drain's timing, where a retire stands, and the
+/// close token its master's processes share.
+#[derive(Debug)]
 pub(crate) struct Retirement {
     drain: DrainTiming,
-    draining: Option<Draining>,
-    /// Shared with the workers forked from this set: they close their sockets in turn.
+    phase: Phase,
+    handed_over: u64,
+    /// Shared with the workers forked from this set (and with the sets that inherit it):
+    /// they close their sockets in turn.
     close_token: Option<CloseToken>,
+    /// This process holds the token now (released on drop, should the set be freed
+    /// half-way).
+    holding: bool,
+}
+
+impl Default for Retirement {
+    fn default() -> Self {
+        Retirement {
+            drain: DrainTiming::default(),
+            phase: Phase::Idle,
+            handed_over: 0,
+            close_token: None,
+            holding: false,
+        }
+    }
+}
+
+impl Drop for Retirement {
+    fn drop(&mut self) {
+        self.release_turn();
+    }
 }
 
 impl Retirement {
@@ -125,109 +203,214 @@ impl Retirement {
         }
     }
 
-    /// Forgets a drain in progress (the sockets were closed another way).
-    pub(crate) fn reset(&mut self) {
-        self.draining = None;
+    /// Shares `prev`'s close token (a reload's new set: every generation of one master
+    /// takes turns with the others).
+    pub(crate) fn inherit_close_token(&mut self, prev: &Retirement) -> std::io::Result<()> {
+        if self.close_token.is_none() {
+            if let Some(t) = &prev.close_token {
+                self.close_token = Some(t.try_clone()?);
+            }
+        }
+        Ok(())
     }
 
-    /// One step of leaving the groups. `hand_over(fd, index)` receives each connection a
-    /// drain accepts (the server serves it); giving it back (`Some`) refuses it, and it is
-    /// closed. On `Done`, every listener is closed.
+    /// The fd to poll (readable) for the wait the last step returned, when it is not a
+    /// timer: the close token's, while waiting for the turn.
+    pub(crate) fn poll_fd(&self) -> Option<RawFd> {
+        match self.phase {
+            Phase::WaitingTurn { .. } => self.close_token.as_ref().map(|t| t.poll_fd().as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Forgets a finished retire, so that the set may open and retire again.
+    pub(crate) fn reset(&mut self) {
+        self.release_turn();
+        self.phase = Phase::Idle;
+        self.handed_over = 0;
+    }
+
+    /// One step of leaving the groups, as far as it goes without waiting. `hand_over(fd,
+    /// index)` receives each connection accepted on the way (the server serves it; giving
+    /// it back refuses it, and it is closed); without it, nothing is accepted. On `Done`
+    /// every listener is closed.
     pub(crate) fn step(
         &mut self,
         listeners: &mut [Listener],
-        hand_over: &mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>,
+        mut hand_over: Option<&mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>>,
     ) -> Progress {
-        let now = Instant::now();
-        if self.draining.is_none() {
-            // Migrating listeners leave at once: the kernel moves their queues, to a
-            // member that must not be closing at the same instant (close_token.rs).
-            steer_away(listeners);
-            let turn = self.take_turn();
-            let mut closed = 0;
-            for l in listeners.iter_mut().filter(|l| !drains(l)) {
-                if l.fd.take().is_some() {
-                    closed += 1;
-                }
-            }
-            let all_closed = listeners.iter().all(|l| l.fd.is_none());
-            if all_closed {
-                // Logged at once, not after the turn's gap: tests line up the instant of
-                // the close with what their clients saw.
-                log::emit(Level::Info, &format!("retired: closed {closed} listen socket(s); their queues migrate"));
-            }
-            self.end_turn(turn);
-            if all_closed {
-                close_all(listeners);
-                return Progress::Done { handed_over: 0 };
-            }
-            if self.drain.shrink_backlog {
-                // Not on deferred listeners: their connections wait as requests until data
-                // arrives, then need a place in the accept queue, which a backlog of 0
-                // limits to one; they would be dropped.
-                for l in listeners.iter().filter(|l| !l.options.deferred) {
-                    if let Some(held) = &l.fd {
-                        if let Err(e) = socket::listen(held.borrow(), 0) {
-                            log::emit(Level::Warn, &format!("{}: drain: listen(0): {e}", l.addr));
-                        }
+        loop {
+            let now = Instant::now();
+            match self.phase {
+                Phase::Idle => {
+                    let claims: Vec<_> = listeners.iter().filter_map(|l| l.claim.as_ref()).collect();
+                    for c in &claims {
+                        c.mark_retiring();
                     }
-                }
-            }
-            self.draining = Some(Draining { started: now, last_accept: now, handed_over: 0 });
-        }
-
-        let accepted = accept_queued(listeners, hand_over);
-        let d = self.draining.as_mut().expect("set above");
-        d.handed_over += accepted;
-        if accepted > 0 {
-            d.last_accept = now;
-        }
-        let (idle, elapsed) = (now - d.last_accept, now - d.started);
-        if idle >= self.drain.grace || elapsed >= self.drain.max {
-            let handed_over = d.handed_over;
-            let turn = self.take_turn();
-            let n = close_all(listeners);
-            self.draining = None;
-            self.end_turn(turn);
-            log::emit(
-                Level::Info,
-                &format!(
-                    "retired: drained {handed_over} connection(s) in {} ms, closed {n} listen socket(s){}",
-                    elapsed.as_millis(),
-                    if idle < self.drain.grace {
-                        " (drain time limit reached with connections still arriving)"
+                    self.phase = if claims.is_empty() {
+                        Phase::WaitingTurn { since: now, close: Close::Migrating }
                     } else {
-                        ""
+                        Phase::LeavingChoice { patience: now + STEER_PATIENCE, gap: None }
+                    };
+                }
+                Phase::LeavingChoice { patience, gap } => {
+                    if let Some(h) = hand_over.as_deref_mut() {
+                        self.handed_over += accept_queued(listeners, h);
                     }
-                ),
-            );
-            return Progress::Done { handed_over };
+                    let gap = match gap {
+                        Some(g) => g,
+                        None => match siblings(listeners) {
+                            Siblings::Coming if now < patience => return Progress::Again(RECHECK),
+                            Siblings::Coming | Siblings::NoneComing => {
+                                if now >= patience {
+                                    log::emit(Level::Debug, "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)");
+                                }
+                                self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
+                                continue;
+                            }
+                            Siblings::Eligible => {
+                                let g = now + STEER_GAP;
+                                self.phase = Phase::LeavingChoice { patience, gap: Some(g) };
+                                g
+                            }
+                        },
+                    };
+                    if now < gap {
+                        return Progress::Again(gap - now);
+                    }
+                    self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
+                }
+                Phase::WaitingTurn { since, close } => {
+                    let got = self.close_token.as_ref().is_some_and(CloseToken::try_acquire);
+                    if !got && self.close_token.is_some() {
+                        let left = (since + TURN_PATIENCE).saturating_duration_since(now);
+                        if !left.is_zero() {
+                            return Progress::Again(left.min(RECHECK));
+                        }
+                        log::emit(
+                            Level::Debug,
+                            "retire: the close token did not come in time (its holder may have died); closing anyway",
+                        );
+                    }
+                    self.holding = got;
+                    let then = match close {
+                        Close::Migrating => self.close_migrating(listeners),
+                        Close::All => self.close_drained(listeners),
+                    };
+                    self.phase = if got { Phase::Holding { until: now + TURN_GAP, then } } else { after(then, now) };
+                }
+                Phase::Holding { until, then } => {
+                    // The handshakes a closed socket left half-open migrate lazily, when
+                    // their final ACK arrives, to a member chosen then; if the next member
+                    // closed right now it would be that member, and the connection reset.
+                    // Keep the turn until they are done (a round trip on a LAN; far less
+                    // on loopback).
+                    if now < until {
+                        return Progress::Again(until - now);
+                    }
+                    self.release_turn();
+                    self.phase = after(then, now);
+                }
+                Phase::Draining { started, last_accept } => {
+                    let accepted = match hand_over.as_deref_mut() {
+                        Some(h) => accept_queued(listeners, h),
+                        None => 0,
+                    };
+                    self.handed_over += accepted;
+                    let last_accept = if accepted > 0 { now } else { last_accept };
+                    let (idle, elapsed) = (now - last_accept, now - started);
+                    if idle >= self.drain.grace || elapsed >= self.drain.max {
+                        if idle < self.drain.grace {
+                            log::emit(Level::Info, "retire: drain time limit reached with connections still arriving");
+                        }
+                        self.phase = Phase::WaitingTurn { since: now, close: Close::All };
+                        continue;
+                    }
+                    self.phase = Phase::Draining { started, last_accept };
+                    return Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed));
+                }
+                Phase::Done => return Progress::Done { handed_over: self.handed_over },
+            }
         }
-        Progress::Again((self.drain.grace - idle).min(self.drain.max - elapsed))
     }
 
-    fn take_turn(&self) -> bool {
-        let got = self.close_token.as_ref().is_some_and(|t| t.acquire(TURN_PATIENCE));
-        if self.close_token.is_some() && !got {
-            log::emit(
-                Level::Debug,
-                "retire: the close token did not come in time (its holder may have died); closing anyway",
-            );
+    /// Closes the listeners whose groups migrate; a drain follows when some do not.
+    fn close_migrating(&mut self, listeners: &mut [Listener]) -> AfterClose {
+        let mut closed = 0;
+        for l in listeners.iter_mut().filter(|l| !drains(l)) {
+            if l.close() {
+                closed += 1;
+            }
         }
-        got
+        if listeners.iter().all(|l| l.fd.is_none()) {
+            // Logged at once, not after the turn's gap: tests line up the instant of the
+            // close with what their clients saw.
+            log::emit(Level::Info, &format!("retired: closed {closed} listen socket(s); their queues migrate"));
+            return AfterClose::Done;
+        }
+        if self.drain.shrink_backlog {
+            // Not on deferred listeners: their connections wait as requests until data
+            // arrives, then need a place in the accept queue, which a backlog of 0 limits
+            // to one; they would be dropped.
+            for l in listeners.iter().filter(|l| !l.options.deferred) {
+                if let Some(held) = &l.fd {
+                    if let Err(e) = socket::listen(held.borrow(), 0) {
+                        log::emit(Level::Warn, &format!("{}: drain: listen(0): {e}", l.addr));
+                    }
+                }
+            }
+        }
+        AfterClose::Drain
     }
 
-    fn end_turn(&self, got: bool) {
-        if got {
-            // The handshakes this socket left half-open migrate lazily, when their final
-            // ACK arrives, to a member chosen then; if the next member closed right now it
-            // would be that member, and the connection reset. Keep the turn until they are
-            // done (a round trip on a LAN; far less on loopback).
-            std::thread::sleep(TURN_GAP);
+    /// The end of a drain: closes what is left.
+    fn close_drained(&mut self, listeners: &mut [Listener]) -> AfterClose {
+        let n = close_all(listeners);
+        log::emit(
+            Level::Info,
+            &format!("retired: drained {} connection(s), closed {n} listen socket(s)", self.handed_over),
+        );
+        AfterClose::Done
+    }
+
+    fn release_turn(&mut self) {
+        if std::mem::take(&mut self.holding) {
             if let Some(t) = &self.close_token {
                 t.release();
             }
         }
+    }
+}
+
+/// The phase after a close: draining starts now, or nothing is left.
+fn after(then: AfterClose, now: Instant) -> Phase {
+    match then {
+        AfterClose::Drain => Phase::Draining { started: now, last_accept: now },
+        AfterClose::Done => Phase::Done,
+    }
+}
+
+/// Whether the siblings of a retiring worker's steered sockets can take its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Siblings {
+    /// Every steered listener has an eligible sibling (or some do and no other is coming).
+    Eligible,
+    /// Some listener has none yet, and one is coming (a slot being claimed, a fresh open).
+    Coming,
+    /// No listener has an eligible sibling and none is coming.
+    NoneComing,
+}
+
+fn siblings(listeners: &[Listener]) -> Siblings {
+    let claims: Vec<_> = listeners.iter().filter_map(|l| l.claim.as_ref()).collect();
+    let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
+    let coming = claims.iter().any(|c| c.steering.sibling_coming(c.slot, STEER_PATIENCE));
+    if waiting > 0 && coming {
+        Siblings::Coming
+    } else if waiting < claims.len() {
+        Siblings::Eligible
+    } else {
+        Siblings::NoneComing
     }
 }
 
@@ -252,13 +435,13 @@ fn accept_queued(listeners: &[Listener], hand_over: &mut dyn FnMut(OwnedFd, usiz
     for (i, l) in listeners.iter().enumerate() {
         let Some(held) = l.fd.as_ref() else { continue };
         loop {
-            let conn = match socket::accept(held.borrow()) {
+            let conn = match socket::accept(held.borrow().as_fd()) {
                 Ok(c) => c,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => break,
                     Some(libc::EINTR | libc::ECONNABORTED) => continue,
                     _ => {
-                        log::emit(Level::Warn, &format!("{}: drain: accept: {e}", l.addr));
+                        log::emit(Level::Warn, &format!("{}: retire: accept: {e}", l.addr));
                         break;
                     }
                 },
@@ -267,44 +450,9 @@ fn accept_queued(listeners: &[Listener], hand_over: &mut dyn FnMut(OwnedFd, usiz
             let raw = conn.as_raw_fd();
             if let Some(refused) = hand_over(conn, i) {
                 drop(refused);
-                log::emit(Level::Warn, &format!("{}: drain: the server refused connection fd {raw}; closed", l.addr));
+                log::emit(Level::Warn, &format!("{}: retire: the server refused connection fd {raw}; closed", l.addr));
             }
         }
     }
     accepted
-}
-
-/// Steered listeners first leave the program's choice, so that no new handshake starts
-/// on a socket about to close: one that completes just as its listener closes cannot
-/// migrate and is reset. Waits (bounded) for a sibling to be eligible when one is
-/// coming (a reload's new workers may still be starting), then for the handshakes
-/// already begun here to complete into the queue, which migrates whole.
-fn steer_away(listeners: &[Listener]) {
-    let claims: Vec<&SlotClaim> = listeners.iter().filter_map(|l| l.claim.as_ref()).collect();
-    if claims.is_empty() {
-        return;
-    }
-    for c in &claims {
-        c.mark_retiring();
-    }
-    let deadline = Instant::now() + STEER_PATIENCE;
-    let mut any_sibling;
-    loop {
-        let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
-        any_sibling = waiting < claims.len();
-        if waiting == 0 || !claims.iter().any(|c| c.steering.sibling_coming(c.slot, STEER_PATIENCE)) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            log::emit(
-                Level::Debug,
-                "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)",
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if any_sibling {
-        std::thread::sleep(STEER_GAP);
-    }
 }

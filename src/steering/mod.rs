@@ -18,21 +18,19 @@
 //! needs no capability). Heartbeats and flag changes are plain atomic operations on the
 //! shared memory: no system call.
 //!
-//! The context lives as long as a set of the master holds it (a registry by address), and
-//! a reload opens its new set before freeing the old one, so successive sets share it: old workers and new ones are slots of the same table, and a
-//! retiring worker can see when a sibling is ready to take its connections. A new binary
-//! (upgrade) creates its own and attaches its program, which from then on steers to the
-//! new generation only; the old one drains.
+//! The context lives as long as a set holds it. A reload's new set inherits it from the
+//! set it replaces (Set::inherit()), so old workers and new ones are slots of the same
+//! table, and a retiring worker can see when a sibling is ready to take its connections.
+//! A new binary (upgrade) creates its own and attaches its program, which from then on
+//! steers to the new generation only; the old one drains.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use once_cell::sync::Lazy;
 
 use crate::log::{self, Level};
 use crate::sys::{bpf, diag, procfs};
@@ -224,23 +222,12 @@ impl Drop for SlotClaim {
     }
 }
 
-/// The steering context of each address this process opened as a master, while a set
-/// holds it: a reload opens the new set before freeing the old one, so the context
-/// carries over; a process whose sets are all freed holds none of its fds (see the module
-/// doc).
-static REGISTRY: Lazy<Mutex<HashMap<SocketAddr, Weak<Steering>>>> = Lazy::new(Default::default);
-
-/// The context for `addr`, created on first use. Errors are errnos (EPERM without CAP_BPF).
-pub fn for_group(addr: SocketAddr) -> Result<Arc<Steering>, i32> {
-    let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    reg.retain(|_, w| w.strong_count() > 0);
-    if let Some(s) = reg.get(&addr).and_then(Weak::upgrade) {
-        return Ok(s);
-    }
-    let s = Arc::new(Steering::create(addr).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?);
+/// A new steering context for the group of `addr`: maps created and program loaded.
+/// Errors are errnos (EPERM without CAP_BPF).
+pub fn new_group(addr: SocketAddr) -> Result<Arc<Steering>, i32> {
+    let s = Steering::create(addr).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     log::emit(Level::Debug, &format!("{addr}: steering program loaded ({SLOTS} slots)"));
-    reg.insert(addr, Arc::downgrade(&s));
-    Ok(s)
+    Ok(Arc::new(s))
 }
 
 /// Whether this process can create a steering context (maps and program): Ok, or the

@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 
 use super::slots::{FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE};
 use super::verdict::tick_for;
-use super::{for_group, Steering};
+use super::{new_group, Steering};
 use crate::sys::fd::dup_cloexec;
 
 fn steering_or_skip(test: &str) -> Option<Arc<Steering>> {
-    // A fresh address per test: the registry is per address.
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    match for_group(addr) {
+    match new_group(addr) {
         Ok(s) => Some(s),
         Err(errno) if !nix::unistd::geteuid().is_root() => {
             eprintln!("SKIP {test}: cannot load the steering program (errno {errno}; needs CAP_BPF)");

@@ -1,0 +1,198 @@
+//! Retire and the hand-over between generations, through the Rust API, on real sockets
+//! in one process: a set that inherits from another shares its steering context and close
+//! token, as a forked worker's copy does. Loading the programs needs CAP_BPF: without it
+//! each test says so and returns (CI runs as root).
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use reuseport::{Progress, Set, Strategy};
+
+fn root_or_skip(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIP {test}: needs CAP_BPF to load the library's programs (run as root)");
+    }
+    root
+}
+
+/// A master set on a kernel-chosen port of 127.0.0.1, opened.
+fn master(strategy: Strategy, threshold: Duration) -> (Set, SocketAddr) {
+    let mut m = Set::new();
+    m.add_spec("127.0.0.1:0 backlog=256").unwrap();
+    m.set_strategy(strategy).unwrap();
+    m.set_health_threshold(threshold);
+    m.master_open().unwrap();
+    let addr = m.listeners()[0].addr;
+    (m, addr)
+}
+
+/// A worker of `m` that binds its own socket (what a forked worker does, here by
+/// inheriting what the fork would have copied).
+fn worker(m: &Set, addr: SocketAddr) -> Set {
+    let mut w = Set::new();
+    w.add_spec(&addr.to_string()).unwrap();
+    w.set_strategy(m.strategy()).unwrap();
+    w.set_health_threshold(m.health_threshold());
+    w.inherit(m).unwrap();
+    w.worker_bind().unwrap();
+    w
+}
+
+fn listener_of(set: &Set) -> TcpListener {
+    let fd = nix::unistd::dup(set.fd(0).unwrap()).unwrap();
+    // SAFETY: a fresh duplicate, owned by this listener.
+    let l = unsafe { TcpListener::from_raw_fd(fd) };
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn accept_all(l: &TcpListener) -> usize {
+    let mut n = 0;
+    loop {
+        match l.accept() {
+            Ok(_) => n += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// One retire call, timed: it must return at once whatever it waits for.
+fn step(set: &mut Set, hand: Option<&mut dyn FnMut(OwnedFd, usize) -> Option<OwnedFd>>) -> Progress {
+    let start = Instant::now();
+    let p = set.retire(hand).unwrap();
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(5), "a retire call took {took:?}: it must not wait");
+    p
+}
+
+#[test]
+fn retire_returns_at_once_while_another_process_holds_the_turn() {
+    if !root_or_skip("retire_returns_at_once_while_another_process_holds_the_turn") {
+        return;
+    }
+    let (mut m, addr) = master(Strategy::Bpf, Duration::ZERO);
+    let mut w = worker(&m, addr);
+    // The master retires first: it takes the turn, closes, and keeps the turn 10 ms.
+    let Progress::Again(hold) = step(&mut m, None) else { panic!("the master keeps the turn after its close") };
+    assert!(hold <= Duration::from_millis(10));
+    assert!(m.fd(0).is_none(), "the master's socket closed at once");
+    // The worker cannot have the turn yet: it says when to come back, and keeps its socket.
+    let Progress::Again(again) = step(&mut w, None) else { panic!("the turn is taken") };
+    assert!(again <= Duration::from_millis(2), "{again:?}");
+    assert!(w.fd(0).is_some(), "no close without the turn");
+    let token = w.retire_poll_fd().expect("waiting for the turn: an fd to poll");
+    // Once the master's gap is over its next call gives the turn back.
+    std::thread::sleep(hold);
+    assert_eq!(step(&mut m, None), Progress::Done { handed_over: 0 });
+    let mut fds = [nix::poll::PollFd::new(
+        // SAFETY: the set keeps the fd open across this poll.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(token) },
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(), 1, "the token is free");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match step(&mut w, None) {
+            Progress::Done { .. } => break,
+            Progress::Again(d) => {
+                assert!(Instant::now() < deadline, "the worker never finished");
+                std::thread::sleep(d);
+            }
+        }
+    }
+    assert!(w.fd(0).is_none());
+}
+
+#[test]
+fn a_steered_worker_hands_over_what_arrives_while_it_leaves_and_loses_nothing() {
+    if !root_or_skip("a_steered_worker_hands_over_what_arrives_while_it_leaves_and_loses_nothing") {
+        return;
+    }
+    let (mut m, addr) = master(Strategy::Bpf, Duration::from_millis(50));
+    let mut w1 = worker(&m, addr);
+    let w2 = worker(&m, addr);
+    m.release().unwrap();
+    assert_eq!(w1.steered(0), Some(true));
+    assert_eq!(m.slots(0).unwrap().len(), 2, "both workers hold a slot of the one table");
+    let (l1, l2) = (listener_of(&w1), listener_of(&w2));
+
+    // Connections queue on both; w1 starts leaving without accepting them itself.
+    let clients: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut taken = Vec::new();
+    let mut hand = |fd: OwnedFd, _i: usize| {
+        taken.push(fd);
+        None
+    };
+    let first = step(&mut w1, Some(&mut hand));
+    assert!(matches!(first, Progress::Again(_)), "a sibling is eligible: it waits the gap before closing");
+    assert!(w1.fd(0).is_some());
+    // While it leaves, new connections go to its sibling only.
+    let late: Vec<TcpStream> = (0..30).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut served_by_w2 = accept_all(&l2);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match step(&mut w1, Some(&mut hand)) {
+            Progress::Done { .. } => break,
+            Progress::Again(d) => {
+                assert!(Instant::now() < deadline, "the retire never finished");
+                std::thread::sleep(d);
+            }
+        }
+    }
+    drop(l1);
+    std::thread::sleep(Duration::from_millis(20));
+    served_by_w2 += accept_all(&l2);
+    let handed = taken.len();
+    assert!(handed > 0, "w1's queue was handed over");
+    assert_eq!(handed + served_by_w2, clients.len() + late.len(), "every connection reached a worker");
+}
+
+#[test]
+fn a_handed_over_program_does_not_turn_steering_off() {
+    if !root_or_skip("a_handed_over_program_does_not_turn_steering_off") {
+        return;
+    }
+    // A set without steering holds a plain migration program...
+    let (plain, _) = master(Strategy::Bpf, Duration::ZERO);
+    assert_eq!(plain.steered(0), Some(false));
+    let prog = plain.program_fd().expect("the migration program");
+    // ...which another set is handed (as across an upgrade's exec): it still steers.
+    let mut next = Set::new();
+    next.add_spec("127.0.0.1:0").unwrap();
+    next.use_program(prog).unwrap();
+    next.master_open().unwrap();
+    assert_eq!(next.steered(0), Some(true), "steering is decided by the threshold, not by the program");
+    // With steering off it uses the program it was handed.
+    let mut off = Set::new();
+    off.add_spec("127.0.0.1:0").unwrap();
+    off.set_health_threshold(Duration::ZERO);
+    off.inherit(&plain).unwrap();
+    off.master_open().unwrap();
+    assert_eq!(off.steered(0), Some(false));
+    assert!(off.program_fd().is_some());
+}
+
+#[test]
+fn a_reload_set_shares_the_steering_of_the_addresses_both_have() {
+    if !root_or_skip("a_reload_set_shares_the_steering_of_the_addresses_both_have") {
+        return;
+    }
+    let (mut old, addr) = master(Strategy::Auto, Duration::from_millis(50));
+    let _w = worker(&old, addr);
+    old.release().unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut new = Set::new();
+    new.add_spec(&addr.to_string()).unwrap();
+    new.add_spec(&other.to_string()).unwrap();
+    new.inherit(&old).unwrap();
+    drop(old); // the order of free and open does not matter any more
+    new.master_open().unwrap();
+    assert_eq!(new.slots(0).unwrap().len(), 1, "the old worker's slot is in the new set's table");
+    assert_eq!(new.slots(1).unwrap().len(), 0, "a new address gets its own table");
+}
