@@ -42,6 +42,7 @@ class Context:
         self.args, self.srv, self.result = args, srv, None
         self.loads = []
         self.figures = {}  # for the results line (the stall scenarios' rates)
+        self.measured = {}  # other scenarios' figures, for the results line
         self.checks = []  # (ok, what): judged once the results line is written
         self.socket_counts = None  # the `sockets` scenario's counts, instead of a load
         self.cleanups = []  # run at the end, pass or fail
@@ -74,7 +75,7 @@ def arguments(scenarios):
     common.add_argument("--results", help="append a JSON line with the counts to this file")
     common.add_argument("--rate", type=int, default=4000, help="new connections per second (0: as fast as possible)")
     common.add_argument("--concurrency", type=int, default=32, help="connections in flight at most")
-    common.add_argument("--duration", type=float, default=3, help="seconds of load in the serve scenario")
+    common.add_argument("--duration", type=float, default=3, help="seconds of load in serve, and of reloads in reload_storm")
     common.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log) even when passing")
     common.add_argument("scenario", choices=sorted(scenarios))
     servers = p.add_subparsers(dest="server", required=True)
@@ -150,7 +151,7 @@ def run(args, sc, srv, ctx, name):
         print(summary(name, r, dead, slack))
         if ctx.figures:
             print(f"{name}: {verdict.describe_stall(ctx.figures)}")
-        record.update(in_flight_at_death=dead, in_flight_slack=slack, **r, **ctx.figures)
+        record.update(in_flight_at_death=dead, in_flight_slack=slack, **r, **ctx.figures, **ctx.measured)
     else:
         print(f"{name}: every check passed (no load)")
         record["checks_passed"] = True

@@ -61,6 +61,44 @@ def reload10(srv, ctx):
     return master
 
 
+# A reload storm may leave this many processes per configured worker alive at once (old
+# generations finishing): enough for a few generations overlapping, far below one per
+# reload. More means old generations pile up.
+STORM_PROCESSES_PER_WORKER = 6
+
+
+@scenario()
+def reload_storm(srv, ctx):
+    """HUP every 100 ms for --duration seconds under load: nothing fails, old generations
+    do not pile up (the master's children stay below a bound at every sample), and the
+    master holds as many fds afterwards as before."""
+    srv.configure(2, BOTH)
+    first = srv.start()
+    master = srv.master()
+    fds_before = len(procfs.fds_of(master))
+    load = ctx.load(BOTH)
+    time.sleep(0.5)
+    most, reloads = 0, 0
+    end = time.monotonic() + ctx.args.duration
+    while time.monotonic() < end:
+        srv.signal(master, signal.SIGHUP)
+        reloads += 1
+        for _ in range(5):
+            time.sleep(0.02)
+            most = max(most, len(procfs.children_of(master)))
+    srv.wait_settled(master, 2, old=first)
+    time.sleep(0.3)
+    ctx.result = load.stop()
+    fds_after = len(procfs.fds_of(master))
+    ctx.measured.update(reloads=reloads, most_children=most, master_fds=[fds_before, fds_after])
+    print(f"reload_storm: {reloads} reloads in {ctx.args.duration:g} s; at most {most} children of the master "
+          f"at once; master fds {fds_before} before, {fds_after} after")
+    check(most <= 2 * STORM_PROCESSES_PER_WORKER,
+          f"{most} children of the master at once: old generations pile up")
+    check(fds_after == fds_before, f"the master had {fds_before} fds before the storm and {fds_after} after")
+    return master
+
+
 @scenario()
 def workers_change(srv, ctx):
     """worker_processes 2 -> 4 -> 1 -> 3, each by the server's reload command (`-s reload`)."""
