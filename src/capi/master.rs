@@ -13,7 +13,7 @@ use super::set::{reuseport_set, set_mut};
 /// Connections that arrive before the first worker adopts the sockets wait in their
 /// queue and are accepted by that worker (with the options it sets from then on).
 ///
-/// A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
+/// A spec with port 0 gets the port the kernel chose; reuseport_listener_get_spec() shows it and
 /// every later socket of the group binds it. Also the call to open again after
 /// reuseport_master_release() (reload, or an old master reverting an upgrade).
 ///

@@ -14,7 +14,7 @@ use crate::set::{DrainTiming, Progress};
 /// Return 0 to take it, anything else to refuse it (the library then closes it).
 pub type reuseport_accept_fn = Option<unsafe extern "C" fn(fd: c_int, index: usize, user: *mut c_void) -> c_int>;
 
-/// reuseport_set_drain() flag: keep the listen backlog while draining (by default it is
+/// reuseport_set_set_drain() flag: keep the listen backlog while draining (by default it is
 /// shrunk to 0 so that new handshakes use SYN cookies, which survive the close).
 pub const REUSEPORT_DRAIN_KEEP_BACKLOG: c_uint = 1;
 
@@ -24,13 +24,13 @@ pub const REUSEPORT_DRAIN_KEEP_BACKLOG: c_uint = 1;
 /// connections need accept-queue room when their data arrives). -EINVAL when grace is 0
 /// or above max.
 #[no_mangle]
-pub extern "C" fn reuseport_set_drain(
+pub extern "C" fn reuseport_set_set_drain(
     set: *mut reuseport_set,
     grace_ms: c_uint,
     max_ms: c_uint,
     flags: c_uint,
 ) -> c_int {
-    guard("reuseport_set_drain", || {
+    guard("reuseport_set_set_drain", || {
         if flags & !REUSEPORT_DRAIN_KEEP_BACKLOG != 0 {
             return Err(Error::invalid(format!("unknown drain flags {flags:#x}")));
         }
@@ -54,7 +54,7 @@ pub extern "C" fn reuseport_set_drain(
 /// returns 0 once the queue has stayed empty for the grace period, or the maximum has
 /// passed, and every socket is closed. Keep serving your other connections between calls.
 ///
-/// The set is then released: it holds no socket, and the fds reuseport_set_fd() returned
+/// The set is then released: it holds no socket, and the fds reuseport_listener_get_fd() returned
 /// are closed. -EINVAL when the set holds no sockets, or drain needs a callback and has
 /// none. Who: any process holding sockets (first worker, other worker, single).
 #[no_mangle]

@@ -45,6 +45,7 @@ const STEER_GAP: Duration = Duration::from_millis(10);
 
 /// How long a drain waits for the queue to stay empty, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DrainTiming {
     pub grace: Duration,
     pub max: Duration,
@@ -77,6 +78,7 @@ impl DrainTiming {
 
 /// Where a retire stands after one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Progress {
     /// Every listen socket is closed; `handed_over` connections were accepted on the way.
     Done { handed_over: u64 },
