@@ -112,7 +112,7 @@ static _Noreturn void worker(int n, struct reuseport_set *set, int report_fd)
     int served[MAXL] = {0};
     struct pollfd p[MAXL];
     for (int i = 0; i < nl; i++)
-        p[i] = (struct pollfd){.fd = reuseport_set_fd(set, (size_t)i), .events = POLLIN};
+        p[i] = (struct pollfd){.fd = reuseport_listener_get_fd(set, (size_t)i), .events = POLLIN};
     if (write(report_fd, served, sizeof served) != sizeof served) /* "ready" */
         _exit(1);
     sigset_t term, old;
@@ -192,15 +192,16 @@ int main(int argc, char **argv)
     alarm(WATCHDOG_SECONDS);
 
     struct reuseport_probe_info pi;
-    if (reuseport_probe(&pi) < 0)
+    char notes[2048];
+    if (reuseport_probe(&pi, sizeof pi, notes, sizeof notes) < 0)
         die();
     printf("reuseport %s lifecycle demo, pid %ld, uid %ld\n", reuseport_version(), (long)getpid(), (long)getuid());
     printf("probe   kernel %s | SO_REUSEPORT %s | tcp_migrate_req %d | bpf reuseport %s%s%s\n", pi.kernel_release,
            pi.so_reuseport ? "yes" : "no", pi.tcp_migrate_req, pi.bpf_reuseport ? "yes" : "no (",
            pi.bpf_reuseport ? "" : strerror(pi.bpf_errno), pi.bpf_reuseport ? "" : ")");
-    for (char *note = strtok(pi.notes, "\n"); note; note = strtok(NULL, "\n"))
+    for (char *note = strtok(notes, "\n"); note; note = strtok(NULL, "\n"))
         printf("        note: %s\n", note);
-    reuseport_set_log_callback(on_log, NULL, REUSEPORT_LOG_DEBUG);
+    reuseport_log_set_callback(on_log, NULL, REUSEPORT_LOG_DEBUG);
 
     struct reuseport_set *set = reuseport_set_new();
     if (!set)
@@ -208,7 +209,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nspecs; i++)
         if (reuseport_set_add(set, specs[i]) < 0)
             die();
-    nl = reuseport_set_count(set);
+    nl = reuseport_set_get_count(set);
     if (nl > MAXL) {
         fprintf(stderr, "lifecycle_demo: %d listeners, this demo shows at most %d\n", nl, MAXL);
         return 1;
@@ -216,7 +217,7 @@ int main(int argc, char **argv)
     if (reuseport_master_open(set) < 0)
         die();
     for (int i = 0; i < nl; i++) {
-        int fd = reuseport_set_fd(set, (size_t)i);
+        int fd = reuseport_listener_get_fd(set, (size_t)i);
         socklen_t len = sizeof target[i];
         master_inode[i] = proc_fd_inode(fd);
         getsockname(fd, (struct sockaddr *)&target[i], &len);

@@ -8,13 +8,64 @@
  *   leaving workers: reuseport_retire(): with migration (the default where the kernel allows it:
  *                    see reuseport_strategy) the queue moves to the surviving members.
  *
- * Conventions: functions return 0 (or a count) on success and a negative errno on failure;
- * reuseport_last_error() then says which address, which step and what to do; the same text
- * goes to the log callback at REUSEPORT_LOG_ERROR (accessors such as reuseport_set_fd(),
- * whose "not there" answers are ordinary, log at REUSEPORT_LOG_DEBUG). Every fd the
- * library creates is SOCK_CLOEXEC and belongs to the set that holds it: accessors return
- * borrowed fds, reuseport_master_release() and reuseport_set_free() close them. No call
- * starts a thread or holds a lock across fork(): calls in a freshly forked child are safe.
+ * Names: reuseport_<object>_<verb>. The object is a set (reuseport_set_*), one listener of
+ * a set (reuseport_listener_*(set, index, ...)), the log (reuseport_log_*), or a role for
+ * the lifecycle calls (reuseport_master_*, reuseport_worker_*). "get_" reads, "set_"
+ * writes, "is_" asks; anything else acts.
+ *
+ * Return values: 0 (or a count, a length, a value) on success and a negative errno on
+ * failure; reuseport_last_error() then says which address, which step and what to do, and
+ * the same text goes to the log callback at REUSEPORT_LOG_ERROR (accessors, whose "not
+ * there" answers are ordinary, log them at REUSEPORT_LOG_DEBUG). The codes:
+ *
+ *   -EINVAL        a bad argument: NULL, a bad spec or option (the message quotes it), an
+ *                  unknown value, a struct size too small or with unknown fields set; or a
+ *                  lifecycle call the set's role does not allow (adopt without inherited
+ *                  sockets, retire holding none)
+ *   -EALREADY      the lifecycle order: the set already holds sockets (add, open, bind,
+ *                  set_strategy, set_program_fd), or release twice
+ *   -ENOENT        a listener index out of range; no migration program held
+ *   -EBADF         this process holds no socket for the listener (not opened, released);
+ *                  an inherited fd was closed or replaced before adopt
+ *   -EAGAIN        not opened yet: no strategy applied
+ *   -EOPNOTSUPP    the sysctl strategy with net.ipv4.tcp_migrate_req = 0; a listener whose
+ *                  group is not steered (ENOTSUP is the same value on Linux)
+ *   -EADDRINUSE, -EACCES, -EPERM, -EADDRNOTAVAIL, -EMFILE, -ENOMEM...
+ *                  passed on from socket, bind, listen, setsockopt or bpf (the message
+ *                  names the step and the likely cause)
+ *   -REUSEPORT_EINTERNAL  a bug in the library (a panic caught at the boundary)
+ *
+ * ABI rules: the structs may grow at their end, never change. reuseport_listen_options
+ * carries its size in its first field `sz`, set by reuseport_listen_options_init(&o,
+ * sizeof o); the library reads what both sides know, keeps its defaults for what an older
+ * caller lacks, and fails with -EINVAL when a newer caller set a field it does not know.
+ * Output structs (reuseport_probe_info, reuseport_slot) are written through the caller's
+ * sizeof: the library writes what both sides know and zeroes the rest. Functions and
+ * constants are never removed or changed within a SONAME (libreuseport.so.0.MINOR before
+ * 1.0, libreuseport.so.MAJOR from then on); REUSEPORT_VERSION_* give the header's version,
+ * reuseport_version() the library's.
+ *
+ * fds: every fd the library creates is SOCK_CLOEXEC and belongs to the set that holds it:
+ * accessors return borrowed fds; reuseport_master_release(), reuseport_retire() and
+ * reuseport_set_free() close them.
+ *
+ * Threads and fork, by group:
+ *   the set, its listeners, the lifecycle, steering (reuseport_set_*, reuseport_listener_*,
+ *     reuseport_master_*, reuseport_worker_*, reuseport_single_open, reuseport_retire,
+ *     reuseport_heartbeat, reuseport_watch): one thread at a time per set; the library
+ *     takes no lock. Different sets may be used on different threads.
+ *   after fork(): the child has its own copy of every set, holding the same fds, and calls
+ *     the function of its role on it. No call starts a thread or holds a lock, so the
+ *     calls are safe in a freshly forked child of a single-threaded parent (a prefork
+ *     master). In a multi-threaded parent they are safe in the child only when no other
+ *     thread was inside a reuseport call at the fork (the library allocates memory: the
+ *     C library's malloc must be usable after fork, as glibc's is).
+ *   the log (reuseport_log_set_callback): process-wide; install it before starting threads
+ *     or forking (children inherit it). The callback runs on the calling thread.
+ *   errors (reuseport_last_error): per thread.
+ *   stateless calls (reuseport_version, reuseport_role_name, reuseport_strategy_name,
+ *     reuseport_strategy_parse, reuseport_listen_options_init, reuseport_probe): any
+ *     thread, any time.
  */
 
 
@@ -26,11 +77,34 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+/* The version of the header; reuseport_version() gives the library's. */
+#define REUSEPORT_VERSION_MAJOR 0
+#define REUSEPORT_VERSION_MINOR 1
+#define REUSEPORT_VERSION_PATCH 0
+#define REUSEPORT_VERSION "0.1.0"
+/* For #if: MAJOR * 10000 + MINOR * 100 + PATCH. */
+#define REUSEPORT_VERSION_NUMBER 100
+
 /**
- * reuseport_set_drain() flag: keep the listen backlog while draining (by default it is
+ * The struct's size in the first release (0.1): `sz` may not be smaller.
+ */
+#define REUSEPORT_LISTEN_OPTIONS_SIZE_V1 48
+
+/**
+ * reuseport_set_set_drain() flag: keep the listen backlog while draining (by default it is
  * shrunk to 0 so that new handshakes use SYN cookies, which survive the close).
  */
 #define REUSEPORT_DRAIN_KEEP_BACKLOG 1
+
+/**
+ * The struct's size in the first release (0.1): `slot_size` may not be smaller.
+ */
+#define REUSEPORT_SLOT_SIZE_V1 24
+
+/**
+ * The struct's size in the first release (0.1): `size` may not be smaller.
+ */
+#define REUSEPORT_PROBE_INFO_SIZE_V1 100
 
 /**
  * `level`: an error; the call that failed also returns a negative errno.
@@ -53,7 +127,15 @@
 #define REUSEPORT_LOG_DEBUG 7
 
 /**
- * Where a set stands in the lifecycle (reuseport_set_role()).
+ * Returned negated (-REUSEPORT_EINTERNAL) when a call hit a bug in the library (a Rust
+ * panic, caught at the boundary): the call did nothing it could report, and
+ * reuseport_last_error() says where. Beyond the errno range (like libbpf's own codes),
+ * so it is never mistaken for a system error; strerror() does not know it.
+ */
+#define REUSEPORT_EINTERNAL 4000
+
+/**
+ * Where a set stands in the lifecycle (reuseport_set_get_role()).
  */
 typedef enum reuseport_role {
   /**
@@ -96,7 +178,7 @@ typedef enum reuseport_strategy {
   /**
    * The library's reuseport eBPF program (select-or-migrate, Linux 5.14+): the kernel
    * migrates a closing socket's queue and half-open connections to a survivor. Loading
-   * needs CAP_BPF; a program fd handed over with reuseport_set_program() needs nothing.
+   * needs CAP_BPF; a program fd handed over with reuseport_set_set_program_fd() needs nothing.
    */
   REUSEPORT_STRATEGY_BPF = 1,
   /**
@@ -117,7 +199,7 @@ typedef enum reuseport_strategy {
 } reuseport_strategy;
 
 /**
- * What a worker's slot in a steered group is doing (reuseport_slots()).
+ * What a worker's slot in a steered group is doing (reuseport_listener_get_slots()).
  */
 typedef enum reuseport_slot_state {
   /**
@@ -154,10 +236,16 @@ typedef struct reuseport_set reuseport_set;
 
 /**
  * Options of one listener, the struct form of the spec text's options. Fill it with
- * reuseport_listen_options_init() first, then change what you need: 0 (or -1 where said)
- * means "leave the system default".
+ * reuseport_listen_options_init(&opts, sizeof opts) first, then change what you need: 0
+ * (or -1 where said) means "leave the system default". The struct may grow at its end;
+ * `sz` tells the library which version the caller has (see the ABI rules at the top).
  */
 typedef struct reuseport_listen_options {
+  /**
+   * sizeof(struct reuseport_listen_options) as the caller compiled it; set by
+   * reuseport_listen_options_init().
+   */
+  size_t sz;
   /**
    * listen() backlog; default 511 (nginx's); -1 for the system maximum.
    */
@@ -210,7 +298,8 @@ typedef struct reuseport_listen_options {
 typedef int (*reuseport_accept_fn)(int fd, size_t index, void *user);
 
 /**
- * One slot of a steered group.
+ * One slot of a steered group, as reuseport_listener_get_slots() writes it. The struct may
+ * grow at its end: the caller passes its sizeof (see the ABI rules at the top).
  */
 typedef struct reuseport_slot {
   /**
@@ -237,7 +326,8 @@ typedef struct reuseport_slot {
 } reuseport_slot;
 
 /**
- * What reuseport_probe() found.
+ * What reuseport_probe() found. The struct may grow at its end: the caller passes its
+ * sizeof (see the ABI rules at the top).
  */
 typedef struct reuseport_probe_info {
   /**
@@ -278,20 +368,15 @@ typedef struct reuseport_probe_info {
    */
   int rescue;
   /**
-   * uname -r, NUL-terminated.
+   * uname -r, NUL-terminated (the size of struct utsname's field).
    */
   char kernel_release[65];
-  /**
-   * Why the default strategy is what it is, then what is missing and how to get it,
-   * one line each, NUL-terminated (cut at 1023 bytes).
-   */
-  char notes[1024];
 } reuseport_probe_info;
 
 /**
  * The host's logging function: `level` is one of REUSEPORT_LOG_*, `message` a
  * NUL-terminated line without a trailing newline, valid only during the call, `user` the
- * pointer given to reuseport_set_log_callback().
+ * pointer given to reuseport_log_set_callback().
  */
 typedef void (*reuseport_log_fn)(int level, const char *message, void *user);
 
@@ -333,14 +418,14 @@ int reuseport_set_add(struct reuseport_set *set, const char *spec);
 /**
  * Number of listeners in the set (held or not), or -EINVAL for NULL.
  */
-int reuseport_set_count(const struct reuseport_set *set);
+int reuseport_set_get_count(const struct reuseport_set *set);
 
 /**
  * The listen fd of listener `index` in this process, borrowed: the set still owns it and
  * closes it on release or free; never close it yourself. -ENOENT when `index` is out of
  * range, -EBADF when this process holds no socket for it (not opened yet, or released).
  */
-int reuseport_set_fd(const struct reuseport_set *set, size_t index);
+int reuseport_listener_get_fd(const struct reuseport_set *set, size_t index);
 
 /**
  * Writes the canonical spec text of listener `index` (numeric address, the port actually
@@ -349,12 +434,15 @@ int reuseport_set_fd(const struct reuseport_set *set, size_t index);
  * snprintf(). Returns the full length of the text (excluding the NUL): a result >= `len`
  * means it was cut. `buf` may be NULL when `len` is 0. -ENOENT for a bad index.
  */
-int reuseport_set_spec(const struct reuseport_set *set, size_t index, char *buf, size_t len);
+int reuseport_listener_get_spec(const struct reuseport_set *set,
+                                size_t index,
+                                char *buf,
+                                size_t len);
 
 /**
  * The set's role, a reuseport_role value, or -EINVAL for NULL.
  */
-int reuseport_set_role(const struct reuseport_set *set);
+int reuseport_set_get_role(const struct reuseport_set *set);
 
 /**
  * A static name for a reuseport_role value ("master-open", "adopted"...), "invalid" for
@@ -368,13 +456,16 @@ const char *reuseport_role_name(int role);
 const char *reuseport_version(void);
 
 /**
- * Fills `opts` with the defaults (nginx's): backlog 511, everything else left alone.
+ * Fills `opts` with the defaults (nginx's: backlog 511, everything else left alone) and
+ * `opts->sz` with `sz`, which must be `sizeof *opts`:
+ * `reuseport_listen_options_init(&opts, sizeof opts)`. Returns 0, or -EINVAL for NULL or
+ * a size below the first release's. Threads: any thread, any time.
  */
-void reuseport_listen_options_init(struct reuseport_listen_options *opts);
+int reuseport_listen_options_init(struct reuseport_listen_options *opts, size_t sz);
 
 /**
  * Adds a listener from a `struct sockaddr_in` / `sockaddr_in6` and options (NULL: the
- * defaults). Port 0 lets the kernel choose at reuseport_master_open(). Returns 1 (one
+ * defaults; else filled by reuseport_listen_options_init()). Port 0 lets the kernel choose at reuseport_master_open(). Returns 1 (one
  * listener added) or -EINVAL with a message naming the bad field; -EALREADY when the set
  * holds sockets. Who and when: as reuseport_set_add().
  */
@@ -395,7 +486,7 @@ int reuseport_set_add_addr(struct reuseport_set *set,
  *
  * `prev` is not changed; free it when its workers are gone, before or after opening
  * `next`. Across exec (a binary upgrade) nothing but the program can be handed over:
- * use reuseport_set_program() in the new binary. -EALREADY when `next` holds sockets,
+ * use reuseport_set_set_program_fd() in the new binary. -EALREADY when `next` holds sockets,
  * -EINVAL when it has no specs yet.
  */
 int reuseport_set_inherit(struct reuseport_set *next, const struct reuseport_set *prev);
@@ -408,7 +499,7 @@ int reuseport_set_inherit(struct reuseport_set *next, const struct reuseport_set
  * Connections that arrive before the first worker adopts the sockets wait in their
  * queue and are accepted by that worker (with the options it sets from then on).
  *
- * A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
+ * A spec with port 0 gets the port the kernel chose; reuseport_listener_get_spec() shows it and
  * every later socket of the group binds it. Also the call to open again after
  * reuseport_master_release() (reload, or an old master reverting an upgrade).
  *
@@ -470,19 +561,19 @@ int reuseport_single_open(struct reuseport_set *set);
  * connections need accept-queue room when their data arrives). -EINVAL when grace is 0
  * or above max.
  */
-int reuseport_set_drain(struct reuseport_set *set,
-                        unsigned int grace_ms,
-                        unsigned int max_ms,
-                        unsigned int flags);
+int reuseport_set_set_drain(struct reuseport_set *set,
+                            unsigned int grace_ms,
+                            unsigned int max_ms,
+                            unsigned int flags);
 
 /**
  * A worker leaving its groups (reload, upgrade, graceful quit): call it instead of
  * closing the listen sockets yourself, and stop accepting from them yourself.
  *
  * It never blocks. It returns 0 when every listen socket is closed (the set is then
- * released: it holds no socket, and the fds reuseport_set_fd() returned are closed), or
+ * released: it holds no socket, and the fds reuseport_listener_get_fd() returned are closed), or
  * a positive number of milliseconds after which to call it again: sooner when a listen
- * fd, or the fd reuseport_retire_fd() returns, is readable. Keep serving the connections
+ * fd, or the fd reuseport_set_get_retire_fd() returns, is readable. Keep serving the connections
  * you already accepted between calls, from your event loop or a timer.
  *
  * What it waits for, without blocking: with steering, that a sibling is eligible when one
@@ -507,7 +598,7 @@ int reuseport_retire(struct reuseport_set *set, reuseport_accept_fn on_accept, v
  * borrowed: the set owns it. -ENOENT when the wait is a timer only (or no retire is under
  * way): use the milliseconds reuseport_retire() returned. Who: the process retiring.
  */
-int reuseport_retire_fd(const struct reuseport_set *set);
+int reuseport_set_get_retire_fd(const struct reuseport_set *set);
 
 /**
  * Sets how long connections may wait on a worker whose heartbeat stands still before new
@@ -517,7 +608,7 @@ int reuseport_retire_fd(const struct reuseport_set *set);
  * reuseport_master_open(). Who: the master, before opening (or any time, to change the
  * threshold).
  */
-int reuseport_set_health_threshold(struct reuseport_set *set, unsigned int ms);
+int reuseport_set_set_health_threshold(struct reuseport_set *set, unsigned int ms);
 
 /**
  * A worker's sign of life: call it once per event-loop iteration (or timer tick). It is
@@ -541,18 +632,21 @@ int reuseport_watch(const struct reuseport_set *set);
  * 1 when listener `index`'s group is run by the library's steering program, 0 when not
  * (steering off, no CAP_BPF at open, or another strategy), -ENOENT for a bad index.
  */
-int reuseport_steered(const struct reuseport_set *set, size_t index);
+int reuseport_listener_is_steered(const struct reuseport_set *set, size_t index);
 
 /**
- * Fills `out` (room for `cap` entries; NULL with cap 0 to count) with the claimed slots of
+ * Fills `out` (room for `cap` entries of `slot_size` bytes each: pass
+ * `sizeof(struct reuseport_slot)`; NULL with cap 0 to count) with the claimed slots of
  * listener `index`'s group, every worker this master forked that holds a socket there.
  * Returns how many slots are claimed (which may exceed `cap`: only `cap` are written),
- * -ENOENT for a bad index, -ENOTSUP when the group is not steered.
+ * -ENOENT for a bad index, -ENOTSUP when the group is not steered, -EINVAL for a
+ * `slot_size` below the first release's.
  */
-int reuseport_slots(const struct reuseport_set *set,
-                    size_t index,
-                    struct reuseport_slot *out,
-                    size_t cap);
+int reuseport_listener_get_slots(const struct reuseport_set *set,
+                                 size_t index,
+                                 struct reuseport_slot *out,
+                                 size_t cap,
+                                 size_t slot_size);
 
 /**
  * The master takes its groups' steering back after the new binary of an upgrade exited
@@ -570,7 +664,7 @@ int reuseport_master_reclaim(const struct reuseport_set *set);
  * Before reuseport_master_open() or reuseport_single_open(); workers inherit it with the
  * set. -EINVAL for an unknown value, -EALREADY when the set holds sockets.
  */
-int reuseport_set_strategy(struct reuseport_set *set, int strategy);
+int reuseport_set_set_strategy(struct reuseport_set *set, int strategy);
 
 /**
  * The strategy listener `index` actually got when it was last opened in this set (never
@@ -578,7 +672,7 @@ int reuseport_set_strategy(struct reuseport_set *set, int strategy);
  * not been opened yet. The log (INFO, WARN
  * for a lossy fallback) says why.
  */
-int reuseport_set_strategy_of(const struct reuseport_set *set, size_t index);
+int reuseport_listener_get_strategy(const struct reuseport_set *set, size_t index);
 
 /**
  * A static name for a reuseport_strategy value ("auto", "bpf", "sysctl", "drain",
@@ -601,34 +695,44 @@ int reuseport_strategy_parse(const char *name);
  * not the library's migration program (checked by type and name: a reuseport program
  * loaded for plain selection would attach but migrate nothing).
  */
-int reuseport_set_program(struct reuseport_set *set,
-                          int prog_fd);
+int reuseport_set_set_program_fd(struct reuseport_set *set,
+                                 int prog_fd);
 
 /**
  * The migration program fd the set holds (loaded by its open, or handed over), borrowed:
  * the set closes it when freed. To keep it across exec, dup() it without FD_CLOEXEC and
- * give the number to the new binary, which calls reuseport_set_program(). -ENOENT when
+ * give the number to the new binary, which calls reuseport_set_set_program_fd(). -ENOENT when
  * the set has none.
  */
-int reuseport_set_program_fd(const struct reuseport_set *set);
+int reuseport_set_get_program_fd(const struct reuseport_set *set);
 
 /**
- * Fills `out` with what this kernel and process can do. Opens one socket and may load
- * (and at once close) an eBPF program; holds nothing afterwards. Returns 0, or -EINVAL
- * for NULL. Who: anyone, any time (the master at startup, to log what it will get).
+ * Fills `out` (`size` bytes: pass `sizeof *out`) with what this kernel and process can
+ * do, and writes into `notes` (`notes_len` bytes; NULL with 0 for none) why the default
+ * strategy is what it is, then what is missing and how to get it, one line each, like
+ * snprintf(): always NUL-terminated when `notes_len` > 0, cut to fit. Returns the full
+ * length of the notes (excluding the NUL: a result >= `notes_len` means they were cut),
+ * or -EINVAL for NULL `out` or a `size` below the first release's.
+ *
+ * Opens one socket and may load (and at once close) an eBPF program; holds nothing
+ * afterwards. Who: anyone, any time (the master at startup, to log what it will get).
  */
-int reuseport_probe(struct reuseport_probe_info *out);
+int reuseport_probe(struct reuseport_probe_info *out, size_t size, char *notes, size_t notes_len);
 
 /**
  * Installs a logging callback: `callback(level, message, user)` for every message at
  * `max_level` or more severe (levels are syslog's: REUSEPORT_LOG_ERROR = 3 ...
  * REUSEPORT_LOG_DEBUG = 7). Pass NULL to remove it; without one the library is silent.
  *
- * Who: any process, once, at startup, before forking; the hook is inherited by children.
- * `message` is valid only during the call. The callback may run in the master or any
- * worker, on the thread that called the library.
+ * Who: any process, at startup, before forking; the hook is inherited by children.
+ * Threads: the hook is process-wide: install it before starting threads that call the
+ * library. The callback runs on the thread that made the call being logged, in the
+ * master or any worker; `message` is valid only during the call.
+ *
+ * A program that also uses the library from Rust and installed its own `log` logger
+ * keeps it: the callback is then not called (the messages go to that logger).
  */
-void reuseport_set_log_callback(reuseport_log_fn callback, void *user, int max_level);
+void reuseport_log_set_callback(reuseport_log_fn callback, void *user, int max_level);
 
 /**
  * The message of the last call that failed on this thread: the function, the address,

@@ -49,7 +49,10 @@ BUILD_DIR=$CACHE_DIR/build
 PATCH_DIR=$ROOT/c-examples/nginx
 PATCH=$PATCH_DIR/nginx-$NGINX_VERSION-reuseport.patch
 LIB=$ROOT/target/release/libreuseport.a
-HEADER=$ROOT/include/reuseport.h
+# The header and rustc's list of the system libraries the static library needs, as the
+# CMake build makes them (cmake/CargoBuild.cmake, the same cargo arguments: one build).
+HEADER=$CACHE_DIR/include/reuseport.h
+NATIVE_LIBS=$CACHE_DIR/native-static-libs.txt
 mkdir -p "$CACHE_DIR" "$BUILD_DIR"
 
 # Root, or sudo, for apt-get. Without either, a missing package is exit 77 (a skip for
@@ -91,8 +94,11 @@ fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) first"
 
 # --- 2. the library ---------------------------------------------------------------------
-say "cargo build --release --lib"
-(cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release --lib)
+say "cargo rustc --release --lib (cmake/CargoBuild.cmake)"
+command -v cmake >/dev/null 2>&1 || die "cmake not found: run scripts/install-deps.sh"
+cmake -DCARGO=cargo -DSOURCE_DIR="$ROOT" -DTARGET_DIR="$ROOT/target" -DPROFILE=release \
+    -DHEADER_OUT="$HEADER" -DNATIVE_LIBS_OUT="$NATIVE_LIBS" -P "$ROOT/cmake/CargoBuild.cmake" \
+    || die "the library did not build"
 [ -f "$LIB" ] || die "cargo did not produce $LIB"
 [ -f "$HEADER" ] || die "$HEADER is missing"
 
@@ -228,12 +234,12 @@ fi
 # Identical flags for both, so the only difference is the patch and the library: default
 # modules plus the stream module (so `listen ... reuseport` in stream{} is covered too).
 # -I include is given to both (harmless for stock) so that the compiler flags are the same.
-common_flags=(--with-stream "--with-cc-opt=-I$ROOT/include -O2 -g")
+common_flags=(--with-stream "--with-cc-opt=-I$CACHE_DIR/include -O2 -g")
 # Only the patched nginx gets the library on its link line: stock nginx calls none of its
 # functions (the linker would pull nothing from the archive anyway), and the baseline must
 # stay exactly upstream nginx. Static library after nginx's objects (nginx's Makefile puts
-# --with-ld-opt there), then the system libraries the Rust standard library needs.
-patched_ld="$LIB -lgcc_s -lutil -lrt -lpthread -lm -ldl"
+# --with-ld-opt there), then the system libraries rustc names for it.
+patched_ld="$LIB $(cat "$NATIVE_LIBS")"
 
 if [ ! -f "$PATCH" ]; then
     cat >&2 <<EOF

@@ -7,6 +7,7 @@ use std::io;
 /// The step of a socket's life an error happened in. It is part of every message so an
 /// operator reading a log line knows which syscall failed without reading the code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     Parse,
     Resolve,
@@ -21,6 +22,7 @@ pub enum Step {
 }
 
 impl Step {
+    /// Its name as it appears in messages ("bind", "setsockopt"...).
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Parse => "parse",
@@ -37,34 +39,51 @@ impl Step {
     }
 }
 
+/// Why a call failed: an errno for the program, a message for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     /// A positive errno value (`EINVAL`, `EADDRINUSE`...). The C API returns its negation.
-    pub errno: i32,
-    pub step: Step,
-    pub message: String,
+    pub(crate) errno: i32,
+    pub(crate) step: Step,
+    pub(crate) message: String,
 }
 
+/// The library's `Result`.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn new(errno: i32, step: Step, message: impl Into<String>) -> Self {
+    /// The errno (positive: `libc::EADDRINUSE`...); the C API returns its negation.
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    /// The step it happened in.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// The message: the address, the step and what to do about it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn new(errno: i32, step: Step, message: impl Into<String>) -> Self {
         Error { errno, step, message: message.into() }
     }
 
     /// A bad listen spec or bad argument: always `EINVAL`.
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Error::new(libc::EINVAL, Step::Parse, message)
     }
 
     /// Misuse of the lifecycle order (adopt without open, release twice...).
-    pub fn lifecycle(errno: i32, message: impl Into<String>) -> Self {
+    pub(crate) fn lifecycle(errno: i32, message: impl Into<String>) -> Self {
         Error::new(errno, Step::Lifecycle, message)
     }
 
     /// A failed syscall on `addr` during `step`, with a hint for the operator.
     /// `hint` may be empty when the errno text says it all.
-    pub fn sys(err: &io::Error, step: Step, addr: &str, hint: &str) -> Self {
+    pub(crate) fn sys(err: &io::Error, step: Step, addr: &str, hint: &str) -> Self {
         let errno = err.raw_os_error().unwrap_or(libc::EIO);
         let mut message = format!("{addr}: {}: {}", step.as_str(), strerror(errno));
         if !hint.is_empty() {
@@ -85,7 +104,7 @@ impl std::error::Error for Error {}
 
 /// `strerror` text plus the symbolic name, e.g. "Address already in use (EADDRINUSE)":
 /// the name is what people search for.
-pub fn strerror(errno: i32) -> String {
+pub(crate) fn strerror(errno: i32) -> String {
     let text = io::Error::from_raw_os_error(errno).to_string();
     // std appends " (os error N)"; the symbolic name is more useful.
     let text = match text.find(" (os error") {

@@ -14,7 +14,54 @@
 //! the master's until the first worker holds it, then the workers'.
 //!
 //! The Rust API is [`Set`]; the C API (`include/reuseport.h`) is generated from the
-//! private `capi` module.
+//! private `capi` module and wraps the same calls.
+//!
+//! # Example
+//!
+//! A master opens, forks its first worker, which adopts the master's socket, and releases
+//! its copy; every later worker binds its own socket into the group (before dropping
+//! privileges). In one process, with a second set standing in for a later worker's copy
+//! (`examples/lifecycle.rs` forks real workers):
+//!
+//! ```
+//! use reuseport::{Role, Set};
+//!
+//! let mut master = Set::new();
+//! master.add_spec("127.0.0.1:0 backlog=1024")?; // port 0: the kernel chooses, once
+//! master.master_open()?;
+//! let spec = master.listeners()[0].spec_text(); // with the port actually bound
+//!
+//! // A later worker: its own SO_REUSEPORT socket in the same group.
+//! let mut worker = Set::new();
+//! worker.add_spec(&spec)?;
+//! worker.worker_bind()?;
+//! assert_eq!(worker.role(), Role::Bound);
+//!
+//! master.release()?; // the master closes its copy; the group lives on in the worker
+//! std::net::TcpStream::connect(master.listeners()[0].addr()).expect("the worker's socket accepts");
+//!
+//! // Leaving: with migration the queue moves to the survivors; with drain, each queued
+//! // connection is handed to the closure, which serves it (None) or refuses it. A retire
+//! // never blocks: it says when to call it again (an event loop serves meanwhile).
+//! let mut serve = |_conn, _index| None;
+//! while let reuseport::Progress::Again(wait) = worker.retire(Some(&mut serve))? {
+//!     std::thread::sleep(wait);
+//! }
+//! # Ok::<(), reuseport::Error>(())
+//! ```
+//!
+//! # Logging
+//!
+//! The library logs through the [`log`](https://docs.rs/log) facade with target
+//! `"reuseport"`: install any logger to see its messages. Without one it is silent.
+//!
+//! # Processes and threads
+//!
+//! A set is plain memory: after `fork()` the child has its own copy, holding the same fds,
+//! and each process calls the method of its role on its copy. No method starts a thread
+//! or holds a lock across `fork()`, so a freshly forked child of a single-threaded parent
+//! (a prefork master) may use its copy at once. A [`Set`] is `Send`; methods that change
+//! it take `&mut self`.
 //!
 //! Layers, lowest first (a module uses only those below it):
 //! `error`, `log` → `sys` (the system calls; the only `unsafe` outside `capi`) → `spec`,
@@ -35,9 +82,8 @@ mod strategy;
 mod sys;
 
 pub use error::{Error, Result, Step};
-pub use log::Level;
 pub use probe::{probe, Probe};
 pub use set::{DrainTiming, Listener, Progress, Role, Set};
-pub use spec::{Keepalive, ListenSpec, Options};
+pub use spec::{Keepalive, Options};
 pub use steering::{SlotState, SlotStatus};
 pub use strategy::{Applied, Strategy};

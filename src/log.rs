@@ -1,44 +1,40 @@
-//! The library's messages and where they go. Without a sink the library is silent.
+//! The library's messages, sent through the `log` facade with target `"reuseport"`.
 //!
-//! No lock: a lock held by another thread at fork() would deadlock the child, and the
-//! library promises that calls made in a freshly forked child are safe. The sink is set
-//! once (the C layer installs its bridge to the host's callback on the first
-//! reuseport_set_log_callback()); the level filter is an atomic.
+//! A Rust program sees them in whatever logger it installed (`env_logger`, `tracing`'s
+//! bridge...); the C API installs its own logger, which forwards to the host's callback
+//! (capi/log.rs). With no logger the library is silent.
+//!
+//! No lock on this path: a lock held by another thread at fork() would deadlock the child,
+//! and the library promises that calls in a freshly forked child are safe. The `log`
+//! crate's logger and level filter are atomics, and the C bridge uses atomics only.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+/// The target of every message the library logs, for filtering (`RUST_LOG=reuseport=debug`).
+pub(crate) const TARGET: &str = "reuseport";
 
-/// Severity, numbered like syslog's so hosts can map it directly (nginx's NGX_LOG_* too).
+/// Severity of the library's messages; the C API numbers them like syslog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Error = 3,
-    Warn = 4,
-    Info = 6,
-    Debug = 7,
+pub(crate) enum Level {
+    /// A call failed; it also returns the error.
+    Error,
+    /// Something works, but in a degraded or surprising way.
+    Warn,
+    /// A lifecycle step (a release, the port the kernel chose).
+    Info,
+    /// Every socket opened, adopted, configured; "not there" answers of accessors.
+    Debug,
 }
 
-/// Where messages go: one function for the process, installed once.
-pub(crate) type Sink = fn(Level, &str);
-
-static SINK: OnceLock<Sink> = OnceLock::new();
-static MAX_LEVEL: AtomicUsize = AtomicUsize::new(Level::Info as usize);
-
-/// Installs the sink; a second, different sink is refused (false).
-pub(crate) fn install_sink(sink: Sink) -> bool {
-    let installed = *SINK.get_or_init(|| sink);
-    installed as usize == sink as usize
-}
-
-/// Messages less severe than `level` (a syslog number, clamped) are dropped.
-pub(crate) fn set_max_level(level: i32) {
-    MAX_LEVEL.store(level.clamp(0, Level::Debug as i32) as usize, Ordering::SeqCst);
+impl From<Level> for ::log::Level {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Error => ::log::Level::Error,
+            Level::Warn => ::log::Level::Warn,
+            Level::Info => ::log::Level::Info,
+            Level::Debug => ::log::Level::Debug,
+        }
+    }
 }
 
 pub(crate) fn emit(level: Level, message: &str) {
-    if level as usize > MAX_LEVEL.load(Ordering::SeqCst) {
-        return;
-    }
-    if let Some(sink) = SINK.get() {
-        sink(level, message);
-    }
+    ::log::log!(target: TARGET, level.into(), "{message}");
 }

@@ -6,28 +6,84 @@ use crate::steering;
 use crate::strategy::{self, Applied, Strategy};
 use crate::sys::{bpf, procfs};
 
+/// What [`probe()`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     /// A TCP socket accepted SO_REUSEPORT.
-    pub so_reuseport: bool,
+    so_reuseport: bool,
     /// net.ipv4.tcp_migrate_req in this network namespace; None when unreadable (kernels
     /// before 5.14 do not have it).
-    pub tcp_migrate_req: Option<i32>,
+    tcp_migrate_req: Option<i32>,
     /// Ok when a select-or-migrate reuseport program could be loaded by this process; else
     /// the errno of the attempt.
-    pub bpf_reuseport: Result<(), i32>,
-    pub kernel_release: String,
+    bpf_reuseport: Result<(), i32>,
+    kernel_release: String,
     /// Ok when this process could create the steering program and maps (health-aware
     /// steering for the groups it opens as a master); else the errno.
-    pub steering: Result<(), i32>,
+    steering: Result<(), i32>,
     /// Whether this process may move a stalled worker's queue (CAP_SYS_PTRACE).
-    pub rescue: bool,
+    rescue: bool,
     /// What the default strategy (auto) would give a group opened by this process.
-    pub auto: Applied,
+    auto: Applied,
     /// One line per capability that is missing, with what to do about it.
-    pub notes: Vec<String>,
+    notes: Vec<String>,
 }
 
+impl Probe {
+    /// A TCP socket accepted SO_REUSEPORT.
+    pub fn so_reuseport(&self) -> bool {
+        self.so_reuseport
+    }
+
+    /// `net.ipv4.tcp_migrate_req` in this network namespace; `None` when this kernel has
+    /// none (before 5.14).
+    pub fn tcp_migrate_req(&self) -> Option<i32> {
+        self.tcp_migrate_req
+    }
+
+    /// `Ok` when this process could load a select-or-migrate reuseport program; else the
+    /// errno of the attempt (`EPERM`: no CAP_BPF).
+    pub fn bpf_reuseport(&self) -> Result<(), i32> {
+        self.bpf_reuseport
+    }
+
+    /// `uname -r`.
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
+    }
+
+    /// `Ok` when this process could create the steering program and maps (the groups it
+    /// opens as a master are steered around stalled workers); else the errno.
+    pub fn steering(&self) -> Result<(), i32> {
+        self.steering
+    }
+
+    /// Whether this process may move a stalled worker's queue (CAP_SYS_PTRACE).
+    pub fn rescue(&self) -> bool {
+        self.rescue
+    }
+
+    /// What the default strategy ([`Strategy::Auto`]) would give a group this process opens.
+    pub fn auto(&self) -> &Applied {
+        &self.auto
+    }
+
+    /// One line per capability that is missing, with what to do about it.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+/// Finds what this kernel and this process can do. Opens one socket and may load (and at
+/// once close) an eBPF program; holds nothing afterwards.
+///
+/// ```
+/// let p = reuseport::probe();
+/// println!("auto would give {}: {}", p.auto().strategy(), p.auto().reason());
+/// for note in p.notes() {
+///     println!("{note}");
+/// }
+/// ```
 pub fn probe() -> Probe {
     let so_reuseport = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .and_then(|s| s.set_reuse_port(true))

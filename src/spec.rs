@@ -31,6 +31,7 @@ pub enum Host {
 
 /// `so_keepalive=`: leave the system default, force off, or on with optional tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Keepalive {
     #[default]
     Default,
@@ -44,7 +45,23 @@ pub enum Keepalive {
 
 /// Socket options of one listener. `backlog` and `ipv6only` belong to `listen()`/`bind()` and
 /// are applied when the socket is opened; all others are applied by `configure`.
+///
+/// Start from [`Options::default()`] (nginx's defaults) and change fields; the struct may
+/// grow, so it cannot be built with a literal outside this crate. [`Set::add_addr`]
+/// checks the values.
+///
+/// ```
+/// let mut o = reuseport::Options::default();
+/// o.backlog = 1024;
+/// o.deferred = true;
+/// let mut set = reuseport::Set::new();
+/// set.add_addr("127.0.0.1:0".parse().unwrap(), o).unwrap();
+/// assert_eq!(set.listeners()[0].spec_text(), "127.0.0.1:0 backlog=1024 deferred");
+/// ```
+///
+/// [`Set::add_addr`]: crate::Set::add_addr
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
     pub backlog: i32,
     pub rcvbuf: Option<u32>,

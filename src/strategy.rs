@@ -14,20 +14,29 @@
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// The eBPF program where it can be loaded or attached; else the sysctl when it is
     /// already 1; else drain.
     #[default]
     Auto,
+    /// The library's reuseport eBPF program (select-or-migrate, Linux 5.14+): the kernel
+    /// migrates a closing socket's queue and half-open connections to a survivor.
     Bpf,
+    /// `net.ipv4.tcp_migrate_req=1` in this network namespace: the same migration, set by
+    /// the administrator.
     Sysctl,
+    /// No migration: a retiring worker accepts what is queued, then closes.
     Drain,
+    /// Nothing: a closing socket's queue is reset. For comparison.
     None,
 }
 
 impl Strategy {
+    /// Every strategy, in the order of the C API's values.
     pub const ALL: [Strategy; 5] = [Strategy::Auto, Strategy::Bpf, Strategy::Sysctl, Strategy::Drain, Strategy::None];
 
+    /// Its name as a C string ("auto", "bpf", "sysctl", "drain", "none").
     pub fn name(self) -> &'static std::ffi::CStr {
         match self {
             Strategy::Auto => c"auto",
@@ -38,6 +47,7 @@ impl Strategy {
         }
     }
 
+    /// Its name ("auto", "bpf", "sysctl", "drain", "none").
     pub fn as_str(self) -> &'static str {
         self.name().to_str().expect("ASCII names")
     }
@@ -47,6 +57,7 @@ impl Strategy {
         matches!(self, Strategy::Bpf | Strategy::Sysctl)
     }
 
+    /// The strategy of a name, for config files.
     pub fn parse(text: &str) -> Option<Strategy> {
         Strategy::ALL.into_iter().find(|s| s.as_str() == text)
     }
@@ -61,14 +72,30 @@ impl fmt::Display for Strategy {
 /// The strategy a listener got, and why, in words for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    pub strategy: Strategy,
-    pub reason: String,
+    pub(crate) strategy: Strategy,
+    pub(crate) reason: String,
+}
+
+impl Applied {
+    /// The strategy the group got: never [`Strategy::Auto`].
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Why, in words for the operator (and, for a lossy fallback, how to fix it).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 /// What `Auto` and the explicit choices resolve to, given what the eBPF attempt gave
 /// (`Ok` or the errno) and the sysctl (None: this kernel has none). Pure, so every branch
 /// is tested without privileges.
-pub fn resolve(requested: Strategy, bpf: Result<(), i32>, sysctl: Option<i32>) -> Result<Applied, (i32, String)> {
+pub(crate) fn resolve(
+    requested: Strategy,
+    bpf: Result<(), i32>,
+    sysctl: Option<i32>,
+) -> Result<Applied, (i32, String)> {
     let bpf_why = |errno: i32| {
         match errno {
         libc::EPERM | libc::EACCES => "loading a reuseport eBPF program needs CAP_BPF (run the master as root, or hand it an inherited program fd)".to_string(),

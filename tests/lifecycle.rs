@@ -3,23 +3,26 @@
 //! namespaces are covered by the C tests (tests/c).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use reuseport::{Role, Set};
 
-fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
+fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> i32 {
     let mut v: i32 = 0;
     let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
     // SAFETY: an int option read into an int.
-    let rc = unsafe { libc::getsockopt(fd, level, name, &mut v as *mut i32 as *mut libc::c_void, &mut len) };
-    assert_eq!(rc, 0, "getsockopt({level}, {name}) on fd {fd}");
+    let rc =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, &mut v as *mut i32 as *mut libc::c_void, &mut len) };
+    assert_eq!(rc, 0, "getsockopt({level}, {name}) on fd {fd:?}");
     v
+}
+
+fn raw(set: &Set, i: usize) -> Option<i32> {
+    set.fd(i).map(|fd| fd.as_raw_fd())
 }
 
 fn bound_addr(set: &Set, i: usize) -> SocketAddr {
     let fd = set.fd(i).expect("held");
-    // SAFETY: the set holds fd for the duration of this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd).local_addr().unwrap().as_socket().unwrap()
 }
 
@@ -38,13 +41,13 @@ fn port_zero_is_chosen_once_and_joined_by_workers() {
     worker.worker_bind().unwrap();
     assert_eq!(worker.role(), Role::Bound);
     assert_eq!(bound_addr(&worker, 0).port(), port);
-    assert_ne!(worker.fd(0), master.fd(0));
+    assert_ne!(raw(&worker, 0), raw(&master, 0));
 
     // The master leaves; the group lives on in the worker and still accepts.
     master.release().unwrap();
-    assert_eq!(master.fd(0), None);
+    assert!(master.fd(0).is_none());
     assert_eq!(master.role(), Role::Released);
-    assert_eq!(master.listeners()[0].addr.port(), port, "release keeps the resolved port");
+    assert_eq!(master.listeners()[0].addr().port(), port, "release keeps the resolved port");
     TcpStream::connect(("127.0.0.1", port)).expect("the worker's socket accepts");
 
     // Reload: the master opens again on the same port, joining the worker's group.
@@ -57,8 +60,8 @@ fn workers_cannot_bind_an_unresolved_port_zero() {
     let mut set = Set::new();
     set.add_spec("127.0.0.1:0").unwrap();
     let e = set.worker_bind().unwrap_err();
-    assert_eq!(e.errno, libc::EINVAL);
-    assert!(e.message.contains("port 0 is not resolved"), "{}", e.message);
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.message().contains("port 0 is not resolved"), "{}", e.message());
 }
 
 #[test]
@@ -87,7 +90,7 @@ fn master_socket_is_unconfigured_and_single_mode_configures() {
     // The kernel doubles SO_RCVBUF for its bookkeeping.
     assert_eq!(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF), 2 * 256 * 1024);
     // SAFETY: fcntl F_GETFD on a held fd.
-    assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+    assert_ne!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
 }
 
 #[test]
@@ -114,9 +117,9 @@ fn a_port_held_without_reuseport_is_named_and_nothing_leaks() {
     set.add_spec(&format!("127.0.0.1:{first}")).unwrap();
     set.add_spec(&format!("127.0.0.1:{port}")).unwrap();
     let e = set.master_open().unwrap_err();
-    assert_eq!(e.errno, libc::EADDRINUSE);
-    assert!(e.message.starts_with(&format!("127.0.0.1:{port}: bind: ")), "{}", e.message);
-    assert!(e.message.contains("without SO_REUSEPORT"), "{}", e.message);
+    assert_eq!(e.errno(), libc::EADDRINUSE);
+    assert!(e.message().starts_with(&format!("127.0.0.1:{port}: bind: ")), "{}", e.message());
+    assert!(e.message().contains("without SO_REUSEPORT"), "{}", e.message());
     assert_eq!(set.role(), Role::Empty);
     // Had the first listener's socket leaked, a plain bind of its port would fail.
     TcpListener::bind(("127.0.0.1", first)).expect("the first listener's socket was closed");
@@ -129,21 +132,21 @@ fn a_port_held_without_reuseport_is_named_and_nothing_leaks() {
 #[test]
 fn lifecycle_order_is_enforced() {
     let mut set = Set::new();
-    assert_eq!(set.release().unwrap_err().errno, libc::EINVAL);
-    assert_eq!(set.adopt().unwrap_err().errno, libc::EINVAL);
-    assert_eq!(set.master_open().unwrap_err().errno, libc::EINVAL, "no specs");
+    assert_eq!(set.release().unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(set.adopt().unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(set.master_open().unwrap_err().errno(), libc::EINVAL, "no specs");
     set.add_spec("127.0.0.1:0").unwrap();
     set.master_open().unwrap();
     let e = set.adopt().unwrap_err();
-    assert_eq!(e.errno, libc::EINVAL);
-    assert!(e.message.contains("in the master that opened"), "{}", e.message);
-    assert_eq!(set.master_open().unwrap_err().errno, libc::EALREADY);
-    assert_eq!(set.worker_bind().unwrap_err().errno, libc::EALREADY);
-    assert_eq!(set.add_spec("127.0.0.1:0").unwrap_err().errno, libc::EALREADY);
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.message().contains("in the master that opened"), "{}", e.message());
+    assert_eq!(set.master_open().unwrap_err().errno(), libc::EALREADY);
+    assert_eq!(set.worker_bind().unwrap_err().errno(), libc::EALREADY);
+    assert_eq!(set.add_spec("127.0.0.1:0").unwrap_err().errno(), libc::EALREADY);
     set.release().unwrap();
     let e = set.release().unwrap_err();
-    assert_eq!(e.errno, libc::EALREADY);
-    assert!(e.message.contains("called twice"), "{}", e.message);
+    assert_eq!(e.errno(), libc::EALREADY);
+    assert!(e.message().contains("called twice"), "{}", e.message());
 }
 
 #[test]
@@ -152,7 +155,7 @@ fn a_host_name_adds_every_address_it_resolves_to() {
     let n = set.add_spec("localhost:0").unwrap();
     assert!(n >= 1);
     assert_eq!(set.listeners().len(), n);
-    assert!(set.listeners().iter().all(|l| l.addr.ip().is_loopback()));
+    assert!(set.listeners().iter().all(|l| l.addr().ip().is_loopback()));
     let dup = set.add_spec("127.0.0.1:0");
     assert!(dup.is_ok(), "port 0 entries are distinct groups");
     set.open_single().unwrap();
@@ -167,6 +170,6 @@ fn the_same_address_twice_is_refused() {
     let mut set = Set::new();
     set.add_spec("127.0.0.1:8080").unwrap();
     let e = set.add_spec("127.0.0.1:8080 backlog=10").unwrap_err();
-    assert_eq!(e.errno, libc::EINVAL);
-    assert!(e.message.contains("already in the set"), "{}", e.message);
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.message().contains("already in the set"), "{}", e.message());
 }

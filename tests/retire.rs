@@ -5,7 +5,7 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use reuseport::{Progress, Set, Strategy};
@@ -25,7 +25,7 @@ fn master(strategy: Strategy, threshold: Duration) -> (Set, SocketAddr) {
     m.set_strategy(strategy).unwrap();
     m.set_health_threshold(threshold);
     m.master_open().unwrap();
-    let addr = m.listeners()[0].addr;
+    let addr = m.listeners()[0].addr();
     (m, addr)
 }
 
@@ -42,9 +42,7 @@ fn worker(m: &Set, addr: SocketAddr) -> Set {
 }
 
 fn listener_of(set: &Set) -> TcpListener {
-    let fd = nix::unistd::dup(set.fd(0).unwrap()).unwrap();
-    // SAFETY: a fresh duplicate, owned by this listener.
-    let l = unsafe { TcpListener::from_raw_fd(fd) };
+    let l = TcpListener::from(set.fd(0).unwrap().try_clone_to_owned().unwrap());
     l.set_nonblocking(true).unwrap();
     l
 }
@@ -95,14 +93,9 @@ fn retire_returns_at_once_while_another_process_holds_the_turn() {
     )];
     assert_eq!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(), 1, "the token is free");
     let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match step(&mut w, None) {
-            Progress::Done { .. } => break,
-            Progress::Again(d) => {
-                assert!(Instant::now() < deadline, "the worker never finished");
-                std::thread::sleep(d);
-            }
-        }
+    while let Progress::Again(d) = step(&mut w, None) {
+        assert!(Instant::now() < deadline, "the worker never finished");
+        std::thread::sleep(d);
     }
     assert!(w.fd(0).is_none());
 }
@@ -136,14 +129,9 @@ fn a_steered_worker_hands_over_what_arrives_while_it_leaves_and_loses_nothing() 
     std::thread::sleep(Duration::from_millis(20));
     let mut served_by_w2 = accept_all(&l2);
     let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match step(&mut w1, Some(&mut hand)) {
-            Progress::Done { .. } => break,
-            Progress::Again(d) => {
-                assert!(Instant::now() < deadline, "the retire never finished");
-                std::thread::sleep(d);
-            }
-        }
+    while let Progress::Again(d) = step(&mut w1, Some(&mut hand)) {
+        assert!(Instant::now() < deadline, "the retire never finished");
+        std::thread::sleep(d);
     }
     drop(l1);
     std::thread::sleep(Duration::from_millis(20));

@@ -92,7 +92,7 @@ static void spawn_worker(void)
     }
     /* The library decides the worker's part from where the set stands: a set the master
      * still holds is adopted (first worker), a released one is bound anew (the others). */
-    int first = reuseport_set_role(set) == REUSEPORT_ROLE_MASTER_OPEN;
+    int first = reuseport_set_get_role(set) == REUSEPORT_ROLE_MASTER_OPEN;
     memset(&shared->slot[slot], 0, sizeof shared->slot[slot]);
     pid_t pid = fork();
     if (pid < 0) {
@@ -138,9 +138,9 @@ static int64_t monotonic_ms(void)
 static reuseport_set *build_set(const rp_config *c)
 {
     reuseport_set *s = reuseport_set_new();
-    if (s && (reuseport_set_strategy(s, c->strategy) < 0
-              || reuseport_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0
-              || reuseport_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0)) {
+    if (s && (reuseport_set_set_strategy(s, c->strategy) < 0
+              || reuseport_set_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0
+              || reuseport_set_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0)) {
         reuseport_set_free(s);
         return NULL;
     }
@@ -156,7 +156,7 @@ static reuseport_set *build_set(const rp_config *c)
         }
     }
     if (s && (set ? reuseport_set_inherit(s, set) < 0
-                  : inherited_program >= 0 && reuseport_set_program(s, inherited_program) < 0)) {
+                  : inherited_program >= 0 && reuseport_set_set_program_fd(s, inherited_program) < 0)) {
         reuseport_set_free(s);
         return NULL;
     }
@@ -166,11 +166,11 @@ static reuseport_set *build_set(const rp_config *c)
 static void remember_resolved(const rp_config *c, reuseport_set *s)
 {
     n_resolved = 0;
-    if (reuseport_set_count(s) != c->n_listen)
+    if (reuseport_set_get_count(s) != c->n_listen)
         return;  /* a host name expanded to several listeners: no one-to-one mapping */
     for (int i = 0; i < c->n_listen; i++) {
         snprintf(resolved_from[n_resolved], RP_SPEC_LEN, "%s", c->listen[i]);
-        reuseport_set_spec(s, (size_t)i, resolved_to[n_resolved], RP_SPEC_LEN);
+        reuseport_listener_get_spec(s, (size_t)i, resolved_to[n_resolved], RP_SPEC_LEN);
         n_resolved++;
     }
 }
@@ -179,21 +179,21 @@ static void remember_resolved(const rp_config *c, reuseport_set *s)
  * releases, the others bind their own. */
 static int start_generation(void)
 {
-    if (reuseport_set_role(set) != REUSEPORT_ROLE_MASTER_OPEN && reuseport_master_open(set) < 0) {
+    if (reuseport_set_get_role(set) != REUSEPORT_ROLE_MASTER_OPEN && reuseport_master_open(set) < 0) {
         rp_log("cannot open the listeners: no workers started");
         return -1;
     }
     remember_resolved(&cf, set);
     generation++;
-    for (int i = 0; i < reuseport_set_count(set); i++) {
+    for (int i = 0; i < reuseport_set_get_count(set); i++) {
         char spec[RP_SPEC_LEN];
-        reuseport_set_spec(set, (size_t)i, spec, sizeof spec);
+        reuseport_listener_get_spec(set, (size_t)i, spec, sizeof spec);
         rp_log("event=strategy gen=%u listen=%s strategy=%s", generation, strtok(spec, " "),
-               reuseport_strategy_name(reuseport_set_strategy_of(set, (size_t)i)));
+               reuseport_strategy_name(reuseport_listener_get_strategy(set, (size_t)i)));
     }
     for (int i = 0; i < cf.worker_processes; i++)
         spawn_worker();
-    rp_log("event=generation gen=%u workers=%d listeners=%d", generation, cf.worker_processes, reuseport_set_count(set));
+    rp_log("event=generation gen=%u workers=%d listeners=%d", generation, cf.worker_processes, reuseport_set_get_count(set));
     return 0;
 }
 
@@ -280,7 +280,7 @@ static void upgrade(void)
     if (pid == 0) {
         /* The migration program (not a listen socket) crosses exec, so that a new binary
          * started without CAP_BPF can still attach it. */
-        int prog = reuseport_set_program_fd(set);
+        int prog = reuseport_set_get_program_fd(set);
         if (prog >= 0) {
             int keep = dup(prog);  /* dup() clears FD_CLOEXEC */
             char num[16];
@@ -427,7 +427,7 @@ int main(int argc, char **argv)
     if (signal_name)
         return send_signal(signal_name);
 
-    reuseport_set_log_callback(rp_log_library, NULL, REUSEPORT_LOG_INFO);
+    reuseport_log_set_callback(rp_log_library, NULL, REUSEPORT_LOG_INFO);
     const char *handed = getenv(RP_PROGRAM_ENV);
     if (handed) {
         inherited_program = atoi(handed);
@@ -441,7 +441,7 @@ int main(int argc, char **argv)
     if (!set)
         return 1;
     if (test_only) {
-        printf("rpserver: the configuration is ok (%d listeners)\n", reuseport_set_count(set));
+        printf("rpserver: the configuration is ok (%d listeners)\n", reuseport_set_get_count(set));
         reuseport_set_free(set);
         return 0;
     }

@@ -396,10 +396,10 @@ void rp_worker_run(const rp_config *config, reuseport_set *set, int first, unsig
     drop_privileges();
 
     ep = epoll_create1(EPOLL_CLOEXEC);
-    n_listeners = reuseport_set_count(set);
+    n_listeners = reuseport_set_get_count(set);
     for (int i = 0; i < n_listeners; i++) {
         listeners[i].kind = KIND_LISTEN;
-        listeners[i].fd = reuseport_set_fd(set, (size_t)i);
+        listeners[i].fd = reuseport_listener_get_fd(set, (size_t)i);
         struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &listeners[i] };
         epoll_ctl(ep, EPOLL_CTL_ADD, listeners[i].fd, &ev);
     }

@@ -1,7 +1,13 @@
 //! The thread-local last-error message, like errno but with words.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_int, CString};
+
+/// Returned negated (-REUSEPORT_EINTERNAL) when a call hit a bug in the library (a Rust
+/// panic, caught at the boundary): the call did nothing it could report, and
+/// reuseport_last_error() says where. Beyond the errno range (like libbpf's own codes),
+/// so it is never mistaken for a system error; strerror() does not know it.
+pub const REUSEPORT_EINTERNAL: c_int = 4000;
 
 thread_local! {
     static LAST: RefCell<CString> = RefCell::new(CString::default());

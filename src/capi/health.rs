@@ -4,12 +4,13 @@
 use std::ffi::{c_int, c_uint, c_ulonglong};
 use std::time::Duration;
 
+use super::abi::{check_out_size, write_out};
 use super::set::{listener_at, reuseport_set, set_mut, set_ref};
 use super::{guard, guard_query};
 use crate::error::{Error, Step};
 use crate::steering::SlotState;
 
-/// What a worker's slot in a steered group is doing (reuseport_slots()).
+/// What a worker's slot in a steered group is doing (reuseport_listener_get_slots()).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum reuseport_slot_state {
@@ -27,7 +28,8 @@ pub enum reuseport_slot_state {
     REUSEPORT_SLOT_RETIRING = 4,
 }
 
-/// One slot of a steered group.
+/// One slot of a steered group, as reuseport_listener_get_slots() writes it. The struct may
+/// grow at its end: the caller passes its sizeof (see the ABI rules at the top).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct reuseport_slot {
@@ -61,8 +63,8 @@ fn state_code(s: SlotState) -> reuseport_slot_state {
 /// reuseport_master_open(). Who: the master, before opening (or any time, to change the
 /// threshold).
 #[no_mangle]
-pub extern "C" fn reuseport_set_health_threshold(set: *mut reuseport_set, ms: c_uint) -> c_int {
-    guard("reuseport_set_health_threshold", || {
+pub extern "C" fn reuseport_set_set_health_threshold(set: *mut reuseport_set, ms: c_uint) -> c_int {
+    guard("reuseport_set_set_health_threshold", || {
         set_mut(set)?.set_health_threshold(Duration::from_millis(ms.into()));
         Ok(0)
     })
@@ -96,22 +98,29 @@ pub extern "C" fn reuseport_watch(set: *const reuseport_set) -> c_int {
 /// 1 when listener `index`'s group is run by the library's steering program, 0 when not
 /// (steering off, no CAP_BPF at open, or another strategy), -ENOENT for a bad index.
 #[no_mangle]
-pub extern "C" fn reuseport_steered(set: *const reuseport_set, index: usize) -> c_int {
-    guard_query("reuseport_steered", || Ok(listener_at(set_ref(set)?, index)?.steering.is_some() as c_int))
+pub extern "C" fn reuseport_listener_is_steered(set: *const reuseport_set, index: usize) -> c_int {
+    guard_query("reuseport_listener_is_steered", || Ok(listener_at(set_ref(set)?, index)?.steering.is_some() as c_int))
 }
 
-/// Fills `out` (room for `cap` entries; NULL with cap 0 to count) with the claimed slots of
+/// The struct's size in the first release (0.1): `slot_size` may not be smaller.
+pub const REUSEPORT_SLOT_SIZE_V1: usize = 24;
+const _: () = assert!(std::mem::size_of::<reuseport_slot>() >= REUSEPORT_SLOT_SIZE_V1);
+
+/// Fills `out` (room for `cap` entries of `slot_size` bytes each: pass
+/// `sizeof(struct reuseport_slot)`; NULL with cap 0 to count) with the claimed slots of
 /// listener `index`'s group, every worker this master forked that holds a socket there.
 /// Returns how many slots are claimed (which may exceed `cap`: only `cap` are written),
-/// -ENOENT for a bad index, -ENOTSUP when the group is not steered.
+/// -ENOENT for a bad index, -ENOTSUP when the group is not steered, -EINVAL for a
+/// `slot_size` below the first release's.
 #[no_mangle]
-pub extern "C" fn reuseport_slots(
+pub extern "C" fn reuseport_listener_get_slots(
     set: *const reuseport_set,
     index: usize,
     out: *mut reuseport_slot,
     cap: usize,
+    slot_size: usize,
 ) -> c_int {
-    guard_query("reuseport_slots", || {
+    guard_query("reuseport_listener_get_slots", || {
         let s = set_ref(set)?;
         let l = listener_at(s, index)?;
         let steering = l.steering.as_ref().ok_or_else(|| {
@@ -120,18 +129,21 @@ pub extern "C" fn reuseport_slots(
         if out.is_null() && cap > 0 {
             return Err(Error::invalid("out is NULL but cap is not 0"));
         }
+        if cap > 0 {
+            check_out_size(slot_size, REUSEPORT_SLOT_SIZE_V1, "slot_size")?;
+        }
         let all = steering.status();
         for (k, st) in all.iter().take(cap).enumerate() {
-            // SAFETY: out has room for cap entries (the caller's contract); k < cap.
-            unsafe {
-                out.add(k).write(reuseport_slot {
-                    slot: st.slot as c_int,
-                    pid: st.pid as c_int,
-                    state: state_code(st.state) as c_int,
-                    queue: st.queue,
-                    beats: st.beats,
-                })
+            let slot = reuseport_slot {
+                slot: st.slot as c_int,
+                pid: st.pid as c_int,
+                state: state_code(st.state) as c_int,
+                queue: st.queue,
+                beats: st.beats,
             };
+            // SAFETY: out has room for cap entries of slot_size bytes (the caller's
+            // contract); k < cap; slot_size >= the V1 size (checked above).
+            unsafe { write_out((out as *mut u8).add(k * slot_size), slot_size, &slot) };
         }
         Ok(all.len() as c_int)
     })

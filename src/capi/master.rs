@@ -18,7 +18,7 @@ use crate::error::Error;
 ///
 /// `prev` is not changed; free it when its workers are gone, before or after opening
 /// `next`. Across exec (a binary upgrade) nothing but the program can be handed over:
-/// use reuseport_set_program() in the new binary. -EALREADY when `next` holds sockets,
+/// use reuseport_set_set_program_fd() in the new binary. -EALREADY when `next` holds sockets,
 /// -EINVAL when it has no specs yet.
 #[no_mangle]
 pub extern "C" fn reuseport_set_inherit(next: *mut reuseport_set, prev: *const reuseport_set) -> c_int {
@@ -38,7 +38,7 @@ pub extern "C" fn reuseport_set_inherit(next: *mut reuseport_set, prev: *const r
 /// Connections that arrive before the first worker adopts the sockets wait in their
 /// queue and are accepted by that worker (with the options it sets from then on).
 ///
-/// A spec with port 0 gets the port the kernel chose; reuseport_set_spec() shows it and
+/// A spec with port 0 gets the port the kernel chose; reuseport_listener_get_spec() shows it and
 /// every later socket of the group binds it. Also the call to open again after
 /// reuseport_master_release() (reload, or an old master reverting an upgrade).
 ///

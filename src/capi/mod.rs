@@ -36,6 +36,9 @@ mod log;
 
 mod error;
 
+// How structs and text cross the boundary so that the ABI can grow.
+mod abi;
+
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -43,7 +46,7 @@ use crate::error::{Error, Step};
 use crate::log::Level;
 
 /// Runs an exported body: `Ok(n)` → `n`, `Err(e)` → `-errno` with the message recorded and
-/// logged, a panic → `-EFAULT` with a message that says it is a bug.
+/// logged, a panic → `-REUSEPORT_EINTERNAL` with a message that says it is a bug.
 pub(crate) fn guard(function: &str, body: impl FnOnce() -> crate::Result<c_int>) -> c_int {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(n)) => n,
@@ -95,7 +98,7 @@ fn panic_error(function: &str, panic: Box<dyn std::any::Any + Send>) -> Error {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
     Error::new(
-        libc::EFAULT,
+        error::REUSEPORT_EINTERNAL,
         Step::Lifecycle,
         format!("internal error in {function} (a bug in reuseport, please report it): {what}"),
     )
@@ -118,9 +121,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_panic_becomes_efault_with_a_message() {
+    fn a_panic_becomes_the_internal_error_code_with_a_message() {
         let rc = guard("reuseport_test", || -> crate::Result<c_int> { panic!("boom") });
-        assert_eq!(rc, -libc::EFAULT);
+        assert_eq!(rc, -error::REUSEPORT_EINTERNAL);
         // SAFETY: reuseport_last_error never returns NULL.
         let msg = unsafe { CStr::from_ptr(error::reuseport_last_error()) }.to_str().unwrap();
         assert!(msg.contains("internal error in reuseport_test") && msg.contains("boom"), "{msg}");

@@ -3,17 +3,22 @@
 use std::ffi::c_int;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use super::abi::{init_sized, read_sized};
 use super::guard;
 use super::set::{reuseport_set, set_mut};
 use crate::error::Error;
 use crate::spec::{Keepalive, Options, DEFAULT_BACKLOG};
 
 /// Options of one listener, the struct form of the spec text's options. Fill it with
-/// reuseport_listen_options_init() first, then change what you need: 0 (or -1 where said)
-/// means "leave the system default".
+/// reuseport_listen_options_init(&opts, sizeof opts) first, then change what you need: 0
+/// (or -1 where said) means "leave the system default". The struct may grow at its end;
+/// `sz` tells the library which version the caller has (see the ABI rules at the top).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct reuseport_listen_options {
+    /// sizeof(struct reuseport_listen_options) as the caller compiled it; set by
+    /// reuseport_listen_options_init().
+    pub sz: usize,
     /// listen() backlog; default 511 (nginx's); -1 for the system maximum.
     pub backlog: c_int,
     /// SO_RCVBUF in bytes; 0 leaves the default.
@@ -37,24 +42,34 @@ pub struct reuseport_listen_options {
     pub ipv6only: c_int,
 }
 
-/// Fills `opts` with the defaults (nginx's): backlog 511, everything else left alone.
+/// The struct's size in the first release (0.1): `sz` may not be smaller.
+pub const REUSEPORT_LISTEN_OPTIONS_SIZE_V1: usize = 48;
+const _: () = assert!(std::mem::size_of::<reuseport_listen_options>() >= REUSEPORT_LISTEN_OPTIONS_SIZE_V1);
+
+const DEFAULTS: reuseport_listen_options = reuseport_listen_options {
+    sz: std::mem::size_of::<reuseport_listen_options>(),
+    backlog: DEFAULT_BACKLOG,
+    rcvbuf: 0,
+    sndbuf: 0,
+    deferred: 0,
+    fastopen: 0,
+    keepalive: -1,
+    keepidle: 0,
+    keepintvl: 0,
+    keepcnt: 0,
+    ipv6only: -1,
+};
+
+/// Fills `opts` with the defaults (nginx's: backlog 511, everything else left alone) and
+/// `opts->sz` with `sz`, which must be `sizeof *opts`:
+/// `reuseport_listen_options_init(&opts, sizeof opts)`. Returns 0, or -EINVAL for NULL or
+/// a size below the first release's. Threads: any thread, any time.
 #[no_mangle]
-pub extern "C" fn reuseport_listen_options_init(opts: *mut reuseport_listen_options) {
-    // SAFETY: NULL or a pointer to writable memory of the struct's size.
-    if let Some(o) = unsafe { opts.as_mut() } {
-        *o = reuseport_listen_options {
-            backlog: DEFAULT_BACKLOG,
-            rcvbuf: 0,
-            sndbuf: 0,
-            deferred: 0,
-            fastopen: 0,
-            keepalive: -1,
-            keepidle: 0,
-            keepintvl: 0,
-            keepcnt: 0,
-            ipv6only: -1,
-        };
-    }
+pub extern "C" fn reuseport_listen_options_init(opts: *mut reuseport_listen_options, sz: usize) -> c_int {
+    guard("reuseport_listen_options_init", || {
+        // SAFETY: NULL or a pointer to sz writable bytes (the caller's contract).
+        unsafe { init_sized(opts, sz, REUSEPORT_LISTEN_OPTIONS_SIZE_V1, DEFAULTS, "opts") }.map(|_| 0)
+    })
 }
 
 fn non_negative(name: &str, v: c_int) -> crate::Result<Option<u32>> {
@@ -144,7 +159,7 @@ unsafe fn read_sockaddr(addr: *const libc::sockaddr, len: libc::socklen_t) -> cr
 }
 
 /// Adds a listener from a `struct sockaddr_in` / `sockaddr_in6` and options (NULL: the
-/// defaults). Port 0 lets the kernel choose at reuseport_master_open(). Returns 1 (one
+/// defaults; else filled by reuseport_listen_options_init()). Port 0 lets the kernel choose at reuseport_master_open(). Returns 1 (one
 /// listener added) or -EINVAL with a message naming the bad field; -EALREADY when the set
 /// holds sockets. Who and when: as reuseport_set_add().
 #[no_mangle]
@@ -158,10 +173,12 @@ pub extern "C" fn reuseport_set_add_addr(
         let set = set_mut(set)?;
         // SAFETY: the caller passes a sockaddr of addrlen bytes (or NULL, refused).
         let addr = unsafe { read_sockaddr(addr, addrlen) }?;
-        // SAFETY: NULL or a pointer to an initialised struct.
-        let options = match unsafe { opts.as_ref() } {
-            Some(o) => Options::try_from(o).map_err(|e| Error::invalid(format!("{addr}: {}", e.message)))?,
-            None => Options::default(),
+        let options = if opts.is_null() {
+            Options::default()
+        } else {
+            // SAFETY: a struct filled by reuseport_listen_options_init(), of opts->sz bytes.
+            let o = unsafe { read_sized(opts, REUSEPORT_LISTEN_OPTIONS_SIZE_V1, DEFAULTS, "opts") }?;
+            Options::try_from(&o).map_err(|e| Error::invalid(format!("{addr}: {}", e.message)))?
         };
         set.add_addr(addr, options).map(|_| 1)
     })

@@ -2,11 +2,13 @@
 
 use std::ffi::{c_char, c_int};
 
+use super::abi::{check_out_size, write_out, write_text};
 use super::guard;
 use crate::error::Error;
 use crate::probe;
 
-/// What reuseport_probe() found.
+/// What reuseport_probe() found. The struct may grow at its end: the caller passes its
+/// sizeof (see the ABI rules at the top).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct reuseport_probe_info {
@@ -31,12 +33,13 @@ pub struct reuseport_probe_info {
     /// 1 when this process may move a stalled worker's queued connections to its siblings
     /// (CAP_SYS_PTRACE, e.g. root).
     pub rescue: c_int,
-    /// uname -r, NUL-terminated.
+    /// uname -r, NUL-terminated (the size of struct utsname's field).
     pub kernel_release: [c_char; 65],
-    /// Why the default strategy is what it is, then what is missing and how to get it,
-    /// one line each, NUL-terminated (cut at 1023 bytes).
-    pub notes: [c_char; 1024],
 }
+
+/// The struct's size in the first release (0.1): `size` may not be smaller.
+pub const REUSEPORT_PROBE_INFO_SIZE_V1: usize = 100;
+const _: () = assert!(std::mem::size_of::<reuseport_probe_info>() >= REUSEPORT_PROBE_INFO_SIZE_V1);
 
 fn copy_cstr(dst: &mut [c_char], src: &str) {
     let n = src.len().min(dst.len() - 1);
@@ -46,27 +49,48 @@ fn copy_cstr(dst: &mut [c_char], src: &str) {
     dst[n] = 0;
 }
 
-/// Fills `out` with what this kernel and process can do. Opens one socket and may load
-/// (and at once close) an eBPF program; holds nothing afterwards. Returns 0, or -EINVAL
-/// for NULL. Who: anyone, any time (the master at startup, to log what it will get).
+/// Fills `out` (`size` bytes: pass `sizeof *out`) with what this kernel and process can
+/// do, and writes into `notes` (`notes_len` bytes; NULL with 0 for none) why the default
+/// strategy is what it is, then what is missing and how to get it, one line each, like
+/// snprintf(): always NUL-terminated when `notes_len` > 0, cut to fit. Returns the full
+/// length of the notes (excluding the NUL: a result >= `notes_len` means they were cut),
+/// or -EINVAL for NULL `out` or a `size` below the first release's.
+///
+/// Opens one socket and may load (and at once close) an eBPF program; holds nothing
+/// afterwards. Who: anyone, any time (the master at startup, to log what it will get).
 #[no_mangle]
-pub extern "C" fn reuseport_probe(out: *mut reuseport_probe_info) -> c_int {
+pub extern "C" fn reuseport_probe(
+    out: *mut reuseport_probe_info,
+    size: usize,
+    notes: *mut c_char,
+    notes_len: usize,
+) -> c_int {
     guard("reuseport_probe", || {
-        // SAFETY: NULL or a pointer to writable memory of the struct's size.
-        let out = unsafe { out.as_mut() }.ok_or_else(|| Error::invalid("out is NULL"))?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        check_out_size(size, REUSEPORT_PROBE_INFO_SIZE_V1, "size")?;
+        if notes.is_null() && notes_len > 0 {
+            return Err(Error::invalid("notes is NULL but notes_len is not 0"));
+        }
         let p = probe::probe();
-        out.so_reuseport = p.so_reuseport as c_int;
-        out.tcp_migrate_req = p.tcp_migrate_req.unwrap_or(-1);
-        out.bpf_reuseport = p.bpf_reuseport.is_ok() as c_int;
-        out.bpf_errno = p.bpf_reuseport.err().unwrap_or(0);
-        out.auto_strategy = super::strategy::strategy_code(p.auto.strategy);
-        out.steering = p.steering.is_ok() as c_int;
-        out.steering_errno = p.steering.err().unwrap_or(0);
-        out.rescue = p.rescue as c_int;
-        copy_cstr(&mut out.kernel_release, &p.kernel_release);
-        let mut lines = vec![format!("strategy auto -> {}: {}", p.auto.strategy, p.auto.reason)];
-        lines.extend(p.notes.iter().cloned());
-        copy_cstr(&mut out.notes, &lines.join("\n"));
-        Ok(0)
+        let mut info = reuseport_probe_info {
+            so_reuseport: p.so_reuseport() as c_int,
+            tcp_migrate_req: p.tcp_migrate_req().unwrap_or(-1),
+            bpf_reuseport: p.bpf_reuseport().is_ok() as c_int,
+            bpf_errno: p.bpf_reuseport().err().unwrap_or(0),
+            auto_strategy: super::strategy::strategy_code(p.auto().strategy()),
+            steering: p.steering().is_ok() as c_int,
+            steering_errno: p.steering().err().unwrap_or(0),
+            rescue: p.rescue() as c_int,
+            kernel_release: [0; 65],
+        };
+        copy_cstr(&mut info.kernel_release, p.kernel_release());
+        // SAFETY: out has size writable bytes (the caller's contract), size >= V1 (checked).
+        unsafe { write_out(out as *mut u8, size, &info) };
+        let mut lines = vec![format!("strategy auto -> {}: {}", p.auto().strategy(), p.auto().reason())];
+        lines.extend(p.notes().iter().cloned());
+        // SAFETY: NULL with 0, or notes_len writable bytes (the caller's contract).
+        unsafe { write_text(notes, notes_len, &lines.join("\n")) }
     })
 }

@@ -15,7 +15,7 @@ use crate::set::{DrainTiming, Progress};
 /// Return 0 to take it, anything else to refuse it (the library then closes it).
 pub type reuseport_accept_fn = Option<unsafe extern "C" fn(fd: c_int, index: usize, user: *mut c_void) -> c_int>;
 
-/// reuseport_set_drain() flag: keep the listen backlog while draining (by default it is
+/// reuseport_set_set_drain() flag: keep the listen backlog while draining (by default it is
 /// shrunk to 0 so that new handshakes use SYN cookies, which survive the close).
 pub const REUSEPORT_DRAIN_KEEP_BACKLOG: c_uint = 1;
 
@@ -25,13 +25,13 @@ pub const REUSEPORT_DRAIN_KEEP_BACKLOG: c_uint = 1;
 /// connections need accept-queue room when their data arrives). -EINVAL when grace is 0
 /// or above max.
 #[no_mangle]
-pub extern "C" fn reuseport_set_drain(
+pub extern "C" fn reuseport_set_set_drain(
     set: *mut reuseport_set,
     grace_ms: c_uint,
     max_ms: c_uint,
     flags: c_uint,
 ) -> c_int {
-    guard("reuseport_set_drain", || {
+    guard("reuseport_set_set_drain", || {
         if flags & !REUSEPORT_DRAIN_KEEP_BACKLOG != 0 {
             return Err(Error::invalid(format!("unknown drain flags {flags:#x}")));
         }
@@ -49,9 +49,9 @@ pub extern "C" fn reuseport_set_drain(
 /// closing the listen sockets yourself, and stop accepting from them yourself.
 ///
 /// It never blocks. It returns 0 when every listen socket is closed (the set is then
-/// released: it holds no socket, and the fds reuseport_set_fd() returned are closed), or
+/// released: it holds no socket, and the fds reuseport_listener_get_fd() returned are closed), or
 /// a positive number of milliseconds after which to call it again: sooner when a listen
-/// fd, or the fd reuseport_retire_fd() returns, is readable. Keep serving the connections
+/// fd, or the fd reuseport_set_get_retire_fd() returns, is readable. Keep serving the connections
 /// you already accepted between calls, from your event loop or a timer.
 ///
 /// What it waits for, without blocking: with steering, that a sibling is eligible when one
@@ -107,8 +107,8 @@ pub extern "C" fn reuseport_retire(
 /// borrowed: the set owns it. -ENOENT when the wait is a timer only (or no retire is under
 /// way): use the milliseconds reuseport_retire() returned. Who: the process retiring.
 #[no_mangle]
-pub extern "C" fn reuseport_retire_fd(set: *const reuseport_set) -> c_int {
-    guard_query("reuseport_retire_fd", || {
+pub extern "C" fn reuseport_set_get_retire_fd(set: *const reuseport_set) -> c_int {
+    guard_query("reuseport_set_get_retire_fd", || {
         set_ref(set)?.retire_poll_fd().ok_or_else(|| {
             Error::new(libc::ENOENT, Step::Lifecycle, "no retire is waiting on an fd: wait for the time it returned")
         })

@@ -1,7 +1,9 @@
 //! `reuseport_set`: the listeners of one server and where they stand in the lifecycle.
 
 use std::ffi::{c_char, c_int};
+use std::os::fd::AsRawFd;
 
+use super::abi::write_text;
 use super::{c_str, guard, guard_or, guard_query};
 use crate::error::{Error, Step};
 use crate::set::{Listener, Role, Set};
@@ -14,7 +16,7 @@ pub struct reuseport_set {
     pub(crate) set: Set,
 }
 
-/// Where a set stands in the lifecycle (reuseport_set_role()).
+/// Where a set stands in the lifecycle (reuseport_set_get_role()).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum reuseport_role {
@@ -116,19 +118,19 @@ pub extern "C" fn reuseport_set_add(set: *mut reuseport_set, spec: *const c_char
 
 /// Number of listeners in the set (held or not), or -EINVAL for NULL.
 #[no_mangle]
-pub extern "C" fn reuseport_set_count(set: *const reuseport_set) -> c_int {
-    guard_query("reuseport_set_count", || Ok(set_ref(set)?.listeners().len() as c_int))
+pub extern "C" fn reuseport_set_get_count(set: *const reuseport_set) -> c_int {
+    guard_query("reuseport_set_get_count", || Ok(set_ref(set)?.listeners().len() as c_int))
 }
 
 /// The listen fd of listener `index` in this process, borrowed: the set still owns it and
 /// closes it on release or free; never close it yourself. -ENOENT when `index` is out of
 /// range, -EBADF when this process holds no socket for it (not opened yet, or released).
 #[no_mangle]
-pub extern "C" fn reuseport_set_fd(set: *const reuseport_set, index: usize) -> c_int {
-    guard_query("reuseport_set_fd", || {
+pub extern "C" fn reuseport_listener_get_fd(set: *const reuseport_set, index: usize) -> c_int {
+    guard_query("reuseport_listener_get_fd", || {
         let set = set_ref(set)?;
         let l = listener_at(set, index)?;
-        set.fd(index).ok_or_else(|| {
+        set.fd(index).map(|fd| fd.as_raw_fd()).ok_or_else(|| {
             Error::new(
                 libc::EBADF,
                 Step::Lifecycle,
@@ -144,30 +146,24 @@ pub extern "C" fn reuseport_set_fd(set: *const reuseport_set, index: usize) -> c
 /// snprintf(). Returns the full length of the text (excluding the NUL): a result >= `len`
 /// means it was cut. `buf` may be NULL when `len` is 0. -ENOENT for a bad index.
 #[no_mangle]
-pub extern "C" fn reuseport_set_spec(set: *const reuseport_set, index: usize, buf: *mut c_char, len: usize) -> c_int {
-    guard_query("reuseport_set_spec", || {
+pub extern "C" fn reuseport_listener_get_spec(
+    set: *const reuseport_set,
+    index: usize,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    guard_query("reuseport_listener_get_spec", || {
         let set = set_ref(set)?;
         let l = listener_at(set, index)?;
-        if buf.is_null() && len > 0 {
-            return Err(Error::invalid("buf is NULL but len is not 0"));
-        }
-        let text = l.spec_text();
-        if len > 0 {
-            let n = text.len().min(len - 1);
-            // SAFETY: buf holds len bytes (the caller's contract); n + 1 <= len.
-            unsafe {
-                std::ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, buf, n);
-                *buf.add(n) = 0;
-            }
-        }
-        Ok(text.len() as c_int)
+        // SAFETY: NULL with len 0, or len writable bytes (the caller's contract).
+        unsafe { write_text(buf, len, &l.spec_text()) }
     })
 }
 
 /// The set's role, a reuseport_role value, or -EINVAL for NULL.
 #[no_mangle]
-pub extern "C" fn reuseport_set_role(set: *const reuseport_set) -> c_int {
-    guard_query("reuseport_set_role", || Ok(reuseport_role::from(set_ref(set)?.role()) as c_int))
+pub extern "C" fn reuseport_set_get_role(set: *const reuseport_set) -> c_int {
+    guard_query("reuseport_set_get_role", || Ok(reuseport_role::from(set_ref(set)?.role()) as c_int))
 }
 
 /// A static name for a reuseport_role value ("master-open", "adopted"...), "invalid" for

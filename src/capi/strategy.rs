@@ -1,6 +1,7 @@
 //! Choosing how a set's groups keep the connections queued on a leaving socket.
 
 use std::ffi::{c_char, c_int};
+use std::os::fd::AsRawFd;
 
 use super::set::{reuseport_set, set_mut, set_ref};
 use super::{guard, guard_query};
@@ -17,7 +18,7 @@ pub enum reuseport_strategy {
     REUSEPORT_STRATEGY_AUTO = 0,
     /// The library's reuseport eBPF program (select-or-migrate, Linux 5.14+): the kernel
     /// migrates a closing socket's queue and half-open connections to a survivor. Loading
-    /// needs CAP_BPF; a program fd handed over with reuseport_set_program() needs nothing.
+    /// needs CAP_BPF; a program fd handed over with reuseport_set_set_program_fd() needs nothing.
     REUSEPORT_STRATEGY_BPF = 1,
     /// net.ipv4.tcp_migrate_req=1 in this network namespace: the same migration, set by
     /// the administrator. Opening fails with -EOPNOTSUPP when it is 0.
@@ -57,8 +58,8 @@ const _: () = assert!(reuseport_strategy::REUSEPORT_STRATEGY_NONE as usize == St
 /// Before reuseport_master_open() or reuseport_single_open(); workers inherit it with the
 /// set. -EINVAL for an unknown value, -EALREADY when the set holds sockets.
 #[no_mangle]
-pub extern "C" fn reuseport_set_strategy(set: *mut reuseport_set, strategy: c_int) -> c_int {
-    guard("reuseport_set_strategy", || {
+pub extern "C" fn reuseport_set_set_strategy(set: *mut reuseport_set, strategy: c_int) -> c_int {
+    guard("reuseport_set_set_strategy", || {
         let s = strategy_from_code(strategy)
             .ok_or_else(|| Error::invalid(format!("strategy {strategy} is not a reuseport_strategy value")))?;
         set_mut(set)?.set_strategy(s).map(|_| 0)
@@ -70,8 +71,8 @@ pub extern "C" fn reuseport_set_strategy(set: *mut reuseport_set, strategy: c_in
 /// not been opened yet. The log (INFO, WARN
 /// for a lossy fallback) says why.
 #[no_mangle]
-pub extern "C" fn reuseport_set_strategy_of(set: *const reuseport_set, index: usize) -> c_int {
-    guard_query("reuseport_set_strategy_of", || {
+pub extern "C" fn reuseport_listener_get_strategy(set: *const reuseport_set, index: usize) -> c_int {
+    guard_query("reuseport_listener_get_strategy", || {
         let set = set_ref(set)?;
         let l = super::set::listener_at(set, index)?;
         let applied = l.applied.as_ref().ok_or_else(|| {
@@ -109,18 +110,18 @@ pub extern "C" fn reuseport_strategy_parse(name: *const c_char) -> c_int {
 /// not the library's migration program (checked by type and name: a reuseport program
 /// loaded for plain selection would attach but migrate nothing).
 #[no_mangle]
-pub extern "C" fn reuseport_set_program(set: *mut reuseport_set, prog_fd: c_int) -> c_int {
-    guard("reuseport_set_program", || set_mut(set)?.use_program(prog_fd).map(|_| 0))
+pub extern "C" fn reuseport_set_set_program_fd(set: *mut reuseport_set, prog_fd: c_int) -> c_int {
+    guard("reuseport_set_set_program_fd", || set_mut(set)?.use_program_raw(prog_fd).map(|_| 0))
 }
 
 /// The migration program fd the set holds (loaded by its open, or handed over), borrowed:
 /// the set closes it when freed. To keep it across exec, dup() it without FD_CLOEXEC and
-/// give the number to the new binary, which calls reuseport_set_program(). -ENOENT when
+/// give the number to the new binary, which calls reuseport_set_set_program_fd(). -ENOENT when
 /// the set has none.
 #[no_mangle]
-pub extern "C" fn reuseport_set_program_fd(set: *const reuseport_set) -> c_int {
-    guard_query("reuseport_set_program_fd", || {
-        set_ref(set)?.program_fd().ok_or_else(|| {
+pub extern "C" fn reuseport_set_get_program_fd(set: *const reuseport_set) -> c_int {
+    guard_query("reuseport_set_get_program_fd", || {
+        set_ref(set)?.program_fd().map(|fd| fd.as_raw_fd()).ok_or_else(|| {
             Error::new(libc::ENOENT, Step::Bpf, "the set holds no migration program (not loaded or handed over)")
         })
     })

@@ -3,7 +3,7 @@
 //! the master's groups are steered (health_threshold above zero).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,7 +148,7 @@ impl Groups {
         Ok(())
     }
 
-    pub(crate) fn program_fd(&self) -> Option<RawFd> {
-        self.program.as_ref().map(|p| p.as_raw_fd())
+    pub(crate) fn program_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.program.as_ref().map(|p| p.as_fd())
     }
 }

@@ -14,11 +14,11 @@ use crate::strategy::Applied;
 pub struct Listener {
     /// The address to bind. After the first open its port is the one the kernel chose for
     /// port 0, so every later socket joins the same group.
-    pub addr: SocketAddr,
-    pub options: Options,
+    pub(crate) addr: SocketAddr,
+    pub(crate) options: Options,
     pub(crate) fd: Option<HeldSocket>,
     /// How this listener's group keeps a leaving socket's queue; set when it is opened.
-    pub applied: Option<Applied>,
+    pub(crate) applied: Option<Applied>,
     /// The group's steering context, when the library's steering program runs it: set by
     /// the master's open and inherited by the workers forked after it.
     pub(crate) steering: Option<Arc<Steering>>,
@@ -29,6 +29,30 @@ pub struct Listener {
 impl Listener {
     pub(crate) fn new(addr: SocketAddr, options: Options) -> Self {
         Listener { addr, options, fd: None, applied: None, steering: None, claim: None }
+    }
+
+    /// The address its sockets bind: after the first open, with the port the kernel chose
+    /// for port 0.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its socket options, as added.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The strategy its group got when it was last opened in this set, and why; `None`
+    /// before the first open.
+    pub fn applied(&self) -> Option<&Applied> {
+        self.applied.as_ref()
+    }
+
+    /// Whether the library's steering program runs its group (see [`Set::watch`]).
+    ///
+    /// [`Set::watch`]: crate::Set::watch
+    pub fn is_steered(&self) -> bool {
+        self.steering.is_some()
     }
 
     /// The canonical spec text: numeric address, the port bound, non-default options.

@@ -6,7 +6,7 @@
 //! the work they delegate is in the modules below.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,9 +75,10 @@ impl Set {
         &self.listeners
     }
 
-    /// The fd of listener `i`, if this process holds it (borrowed: the set closes it).
-    pub fn fd(&self, i: usize) -> Option<RawFd> {
-        self.listeners.get(i)?.fd.as_ref().map(HeldSocket::raw)
+    /// The listen socket of listener `i`, if this process holds it (borrowed: the set
+    /// closes it on release, retire or drop).
+    pub fn fd(&self, i: usize) -> Option<BorrowedFd<'_>> {
+        self.listeners.get(i)?.fd.as_ref().map(HeldSocket::borrow)
     }
 
     // ---- specs -------------------------------------------------------------------------
@@ -390,6 +391,7 @@ impl Set {
         self.groups.health_threshold = threshold;
     }
 
+    /// The threshold set by [`Set::set_health_threshold`] (default 50 ms).
     pub fn health_threshold(&self) -> Duration {
         self.groups.health_threshold
     }
@@ -444,19 +446,27 @@ impl Set {
         Ok(())
     }
 
+    /// The strategy asked for (what each listener got: [`Listener::applied`]).
     pub fn strategy(&self) -> Strategy {
         self.groups.strategy
     }
 
     /// Uses a migration program the caller holds (inherited across fork or exec from a
     /// privileged master) instead of loading one: what lets an unprivileged master migrate.
-    pub fn use_program(&mut self, fd: RawFd) -> Result<()> {
+    /// The set keeps its own close-on-exec duplicate. `EINVAL` when `fd` is not the
+    /// library's migration program.
+    pub fn use_program(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
+        self.use_program_raw(fd.as_raw_fd())
+    }
+
+    /// [`Set::use_program`] for an fd number from C, which may be anything.
+    pub(crate) fn use_program_raw(&mut self, fd: RawFd) -> Result<()> {
         transition(self.role, Op::Configure("set the program")).map_err(refused)?;
         self.groups.use_program(fd)
     }
 
-    /// The migration program this set holds, if any (borrowed).
-    pub fn program_fd(&self) -> Option<RawFd> {
+    /// The migration program this set holds, if any (borrowed: the set closes it).
+    pub fn program_fd(&self) -> Option<BorrowedFd<'_>> {
         self.groups.program_fd()
     }
 }

@@ -63,6 +63,7 @@ const RECHECK: Duration = Duration::from_millis(2);
 
 /// How long a drain waits for the queue to stay empty, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DrainTiming {
     pub grace: Duration,
     pub max: Duration,
@@ -95,6 +96,7 @@ impl DrainTiming {
 
 /// Where a retire stands after one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Progress {
     /// Every listen socket is closed; `handed_over` connections were accepted on the way.
     Done { handed_over: u64 },

@@ -16,6 +16,7 @@ use std::ffi::CStr;
 
 /// Where a set stands in the lifecycle; also tells which process is holding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Role {
     /// Specs only, no sockets yet.
     Empty,

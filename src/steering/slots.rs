@@ -106,6 +106,7 @@ pub(crate) struct Group<'a> {
 
 /// What a slot's owner is doing, as the C API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SlotState {
     /// Claimed, socket not in the map yet.
     Joining,
@@ -115,8 +116,9 @@ pub enum SlotState {
     Retiring,
 }
 
-/// One claimed slot, as reuseport_slots() reports it.
+/// One claimed slot, as reuseport_listener_get_slots() reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlotStatus {
     pub slot: usize,
     pub pid: u32,

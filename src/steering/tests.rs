@@ -199,7 +199,7 @@ fn a_process_joining_without_a_master_leaves_the_groups_program_in_place() {
     checker.open_single().unwrap();
     let applied = checker.listeners()[0].applied.clone().unwrap();
     assert!(applied.reason.contains("stays in place"), "{applied:?}");
-    let joined = TcpListener::from(dup_cloexec(checker.fd(0).unwrap()).unwrap());
+    let joined = TcpListener::from(dup_cloexec(checker.fd(0).unwrap().as_raw_fd()).unwrap());
     joined.set_nonblocking(true).unwrap();
     // Still the steering program: the stalled slot and the slotless socket get nothing.
     s.table().flags(cb.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);

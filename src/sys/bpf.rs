@@ -255,7 +255,7 @@ pub(crate) fn adopt_program(fd: RawFd) -> Result<OwnedFd, String> {
     let name_len = info.name.iter().position(|&b| b == 0).unwrap_or(info.name.len());
     if &info.name[..name_len] != PROGRAM_NAME {
         return Err(format!(
-            "fd {fd} is a reuseport program named \"{}\", not the library's migration program (pass the fd of reuseport_set_program_fd())",
+            "fd {fd} is a reuseport program named \"{}\", not the library's migration program (pass the fd of reuseport_set_get_program_fd())",
             String::from_utf8_lossy(&info.name[..name_len])
         ));
     }

@@ -23,12 +23,12 @@ int main(int argc, char **argv)
     }
     /* The program is loaded by opening a throwaway listener with the bpf strategy. */
     reuseport_set *set = reuseport_set_new();
-    if (reuseport_set_strategy(set, REUSEPORT_STRATEGY_BPF) < 0 || reuseport_set_add(set, "127.0.0.1:0") < 0
+    if (reuseport_set_set_strategy(set, REUSEPORT_STRATEGY_BPF) < 0 || reuseport_set_add(set, "127.0.0.1:0") < 0
         || reuseport_single_open(set) < 0) {
         fprintf(stderr, "launch_unprivileged: %s\n", reuseport_last_error());
         return 1;
     }
-    int keep = dup(reuseport_set_program_fd(set)); /* dup() clears FD_CLOEXEC */
+    int keep = dup(reuseport_set_get_program_fd(set)); /* dup() clears FD_CLOEXEC */
     reuseport_set_free(set);
     char num[16];
     snprintf(num, sizeof num, "%d", keep);

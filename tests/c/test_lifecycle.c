@@ -276,16 +276,16 @@ static _Noreturn void worker(int n, struct reuseport_set *set, int report_fd)
 
     if (n == 0) {
         CHECK_RC(reuseport_worker_adopt(set), 0);
-        CHECK_RC(reuseport_set_role(set), REUSEPORT_ROLE_ADOPTED);
+        CHECK_RC(reuseport_set_get_role(set), REUSEPORT_ROLE_ADOPTED);
     } else {
         CHECK_RC(reuseport_worker_bind(set), 0);
-        CHECK_RC(reuseport_set_role(set), REUSEPORT_ROLE_BOUND);
+        CHECK_RC(reuseport_set_get_role(set), REUSEPORT_ROLE_BOUND);
     }
     struct report r = {.kind = READY};
     int fd[NLISTEN];
     for (int i = 0; i < NLISTEN; i++) {
-        fd[i] = reuseport_set_fd(set, (size_t)i);
-        CHECK_LIB(fd[i] >= 0, "reuseport_set_fd(%d) = %d", i, fd[i]);
+        fd[i] = reuseport_listener_get_fd(set, (size_t)i);
+        CHECK_LIB(fd[i] >= 0, "reuseport_listener_get_fd(%d) = %d", i, fd[i]);
         r.inode[i] = proc_fd_inode(fd[i]);
         if (n == 0)
             CHECK(r.inode[i] == master_inode[i], "listener %d: inode %lu, the master opened %lu: not the same socket", i, r.inode[i], master_inode[i]);
@@ -412,7 +412,7 @@ int main(void)
     for (int i = 0; i < NLISTEN; i++)
         CHECK_RC(reuseport_set_add(set, SPECS[i]), 1);
     CHECK_RC(reuseport_master_open(set), 0);
-    CHECK_RC(reuseport_set_role(set), REUSEPORT_ROLE_MASTER_OPEN);
+    CHECK_RC(reuseport_set_get_role(set), REUSEPORT_ROLE_MASTER_OPEN);
     if (failed) {
         reuseport_set_free(set);
         return finish();
@@ -420,13 +420,13 @@ int main(void)
     int mfd[NLISTEN];
     char spec[NLISTEN][256];
     for (int i = 0; i < NLISTEN; i++) {
-        mfd[i] = reuseport_set_fd(set, (size_t)i);
-        CHECK_LIB(mfd[i] >= 0, "reuseport_set_fd(%d) = %d", i, mfd[i]);
+        mfd[i] = reuseport_listener_get_fd(set, (size_t)i);
+        CHECK_LIB(mfd[i] >= 0, "reuseport_listener_get_fd(%d) = %d", i, mfd[i]);
         master_inode[i] = proc_fd_inode(mfd[i]);
         port[i] = local_port(mfd[i]);
         CHECK(port[i] != 0, "listener %d has no port", i);
-        int len = reuseport_set_spec(set, (size_t)i, spec[i], sizeof spec[i]);
-        CHECK_LIB(len > 0 && len < (int)sizeof spec[i], "reuseport_set_spec(%d) = %d", i, len);
+        int len = reuseport_listener_get_spec(set, (size_t)i, spec[i], sizeof spec[i]);
+        CHECK_LIB(len > 0 && len < (int)sizeof spec[i], "reuseport_listener_get_spec(%d) = %d", i, len);
     }
     /* The spec text shows the port the kernel chose, and each option in canonical form. */
     char want[NLISTEN][256];
@@ -453,15 +453,15 @@ int main(void)
     /* 3. The master releases right away, as nginx's would: the worker's copies keep the
      *    group alive whether or not it has adopted yet. */
     CHECK_RC(reuseport_master_release(set), 0);
-    CHECK_RC(reuseport_set_role(set), REUSEPORT_ROLE_RELEASED);
+    CHECK_RC(reuseport_set_get_role(set), REUSEPORT_ROLE_RELEASED);
     for (int i = 0; i < NLISTEN; i++)
-        CHECK_RC(reuseport_set_fd(set, (size_t)i), -EBADF);
+        CHECK_RC(reuseport_listener_get_fd(set, (size_t)i), -EBADF);
     nheld = proc_listen_sockets(0, held, 8);
     CHECK(nheld == 0, "the released master still holds %d listening sockets (fd %d inode %lu %s)", nheld,
           nheld > 0 ? held[0].fd : -1, nheld > 0 ? held[0].inode : 0, nheld > 0 ? held[0].addr : "");
     for (int i = 0; i < NLISTEN; i++) {
         char again[256];
-        reuseport_set_spec(set, (size_t)i, again, sizeof again);
+        reuseport_listener_get_spec(set, (size_t)i, again, sizeof again);
         CHECK(strcmp(again, spec[i]) == 0, "after release spec %d is \"%s\", was \"%s\"", i, again, spec[i]);
     }
     CHECK_RC(reuseport_master_release(set), -EALREADY);

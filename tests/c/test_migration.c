@@ -28,7 +28,7 @@
  * Then the privilege story: what an unprivileged worker gets by default (drain, with a
  * warning naming the fix), what it gets when it asks for bpf or sysctl explicitly (a clean
  * error), that it migrates with a program fd inherited from a privileged parent, that
- * reuseport_set_program() refuses fds that are not reuseport programs, and that
+ * reuseport_set_set_program_fd() refuses fds that are not reuseport programs, and that
  * reuseport_probe() predicts the strategy an AUTO open actually gets.
  *
  *   gcc -std=c11 -D_GNU_SOURCE -g -Wall -Wextra -Werror -I include tests/c/test_migration.c \
@@ -235,12 +235,12 @@ static reuseport_set *open_member(const char *name, const char *spec, int strate
     CHECK(s != NULL, "%s: set_new", name);
     if (!s)
         return NULL;
-    int rc = reuseport_set_strategy(s, strategy);
+    int rc = reuseport_set_set_strategy(s, strategy);
     CHECK(rc == 0, "%s: set_strategy %s: %d", name, reuseport_strategy_name(strategy), rc);
     rc = reuseport_set_add(s, spec);
     CHECK(rc == 1, "%s: add \"%s\": %d", name, spec, rc);
     if (prog_fd >= 0) {
-        rc = reuseport_set_program(s, prog_fd);
+        rc = reuseport_set_set_program_fd(s, prog_fd);
         CHECK(rc == 0, "%s: set_program(%d): %d", name, prog_fd, rc);
     }
     rc = reuseport_single_open(s);
@@ -249,7 +249,7 @@ static reuseport_set *open_member(const char *name, const char *spec, int strate
         reuseport_set_free(s);
         return NULL;
     }
-    int got = reuseport_set_strategy_of(s, 0);
+    int got = reuseport_listener_get_strategy(s, 0);
     CHECK(got == strategy, "%s: strategy_of %s (%d), asked for %s", name, reuseport_strategy_name(got), got,
           reuseport_strategy_name(strategy));
     return s;
@@ -287,7 +287,7 @@ static int migration_case(int v6, int deferred, int strategy, int sysctl, int pr
     a = open_member("A", spec, strategy, prog_fd);
     if (!a)
         goto out;
-    int a_prog = reuseport_set_program_fd(a);
+    int a_prog = reuseport_set_get_program_fd(a);
     if (strategy == REUSEPORT_STRATEGY_BPF)
         CHECK(a_prog >= 0, "A holds a program: %d", a_prog);
     else
@@ -295,7 +295,7 @@ static int migration_case(int v6, int deferred, int strategy, int sysctl, int pr
 
     /* 3. B joins A's group: A's resolved spec, and for bpf A's program */
     char a_spec[160], b_spec[160];
-    int len = reuseport_set_spec(a, 0, a_spec, sizeof a_spec);
+    int len = reuseport_listener_get_spec(a, 0, a_spec, sizeof a_spec);
     CHECK(len > 0 && len < (int)sizeof a_spec, "A's spec: %d", len);
     CHECK((strstr(a_spec, " deferred") != NULL) == (deferred != 0), "A's spec \"%s\" says deferred=%d", a_spec,
           deferred);
@@ -303,9 +303,9 @@ static int migration_case(int v6, int deferred, int strategy, int sysctl, int pr
     b = open_member("B", a_spec, strategy, b_prog);
     if (!b)
         goto out;
-    CHECK(reuseport_set_spec(b, 0, b_spec, sizeof b_spec) == len && strcmp(a_spec, b_spec) == 0,
+    CHECK(reuseport_listener_get_spec(b, 0, b_spec, sizeof b_spec) == len && strcmp(a_spec, b_spec) == 0,
           "B's spec \"%s\" equals A's \"%s\"", b_spec, a_spec);
-    int a_fd = reuseport_set_fd(a, 0), b_fd = reuseport_set_fd(b, 0);
+    int a_fd = reuseport_listener_get_fd(a, 0), b_fd = reuseport_listener_get_fd(b, 0);
     CHECK(a_fd >= 0 && b_fd >= 0, "fds %d %d", a_fd, b_fd);
     struct sockaddr_storage addr;
     socklen_t alen = sizeof addr;
@@ -382,9 +382,9 @@ static int migration_case(int v6, int deferred, int strategy, int sysctl, int pr
         CHECK(o->retire_calls == 1 && h->n == 0, "%s closes at once: %d calls, %d handed over",
               reuseport_strategy_name(strategy), o->retire_calls, h->n);
     CHECK(h->refused == 0 && h->bad_index == 0, "handover: %d refused, %d bad indexes", h->refused, h->bad_index);
-    CHECK(reuseport_set_role(a) == REUSEPORT_ROLE_RELEASED, "A is released: %s",
-          reuseport_role_name(reuseport_set_role(a)));
-    CHECK(reuseport_set_fd(a, 0) == -EBADF, "A holds no socket: %d", reuseport_set_fd(a, 0));
+    CHECK(reuseport_set_get_role(a) == REUSEPORT_ROLE_RELEASED, "A is released: %s",
+          reuseport_role_name(reuseport_set_get_role(a)));
+    CHECK(reuseport_listener_get_fd(a, 0) == -EBADF, "A holds no socket: %d", reuseport_listener_get_fd(a, 0));
     CHECK(fcntl(a_fd, F_GETFD) == -1 && errno == EBADF, "A's listen fd %d is closed", a_fd);
     o->handed = h->n;
 
@@ -493,19 +493,19 @@ static void log_hook(int level, const char *message, void *user)
 static void auto_falls_back_to_drain(int unused)
 {
     (void)unused;
-    reuseport_set_log_callback(log_hook, NULL, REUSEPORT_LOG_WARN);
+    reuseport_log_set_callback(log_hook, NULL, REUSEPORT_LOG_WARN);
     drop_privileges();
     reuseport_set *s = reuseport_set_new();
     CHECK(reuseport_set_add(s, "127.0.0.1:0") == 1, "add");
     int rc = reuseport_single_open(s);
     CHECK(rc == 0, "AUTO open as nobody: %d", rc);
-    int got = reuseport_set_strategy_of(s, 0);
+    int got = reuseport_listener_get_strategy(s, 0);
     CHECK(got == REUSEPORT_STRATEGY_DRAIN, "AUTO as nobody with tcp_migrate_req=0 gives drain: %s",
           reuseport_strategy_name(got));
     CHECK(warned[0] != '\0', "a WARN names CAP_BPF and tcp_migrate_req");
-    CHECK(reuseport_set_program_fd(s) == -ENOENT, "no program held: %d", reuseport_set_program_fd(s));
+    CHECK(reuseport_set_get_program_fd(s) == -ENOENT, "no program held: %d", reuseport_set_get_program_fd(s));
     reuseport_set_free(s);
-    reuseport_set_log_callback(NULL, NULL, 0);
+    reuseport_log_set_callback(NULL, NULL, 0);
 }
 
 /* b, c. An explicit strategy this process cannot have: a clean error, no fd left behind. */
@@ -516,16 +516,16 @@ static void explicit_strategy_fails(int strategy)
     const char *names = strategy == REUSEPORT_STRATEGY_BPF ? "CAP_BPF" : "tcp_migrate_req";
     int before = fd_count();
     reuseport_set *s = reuseport_set_new();
-    CHECK(reuseport_set_strategy(s, strategy) == 0, "set_strategy");
+    CHECK(reuseport_set_set_strategy(s, strategy) == 0, "set_strategy");
     CHECK(reuseport_set_add(s, "127.0.0.1:0") == 1, "add");
     int rc = reuseport_single_open(s);
     CHECK(rc == want, "%s as nobody: %d, want %d", reuseport_strategy_name(strategy), rc, want);
     CHECK(strstr(reuseport_last_error(), names) != NULL, "the message names %s: %s", names, reuseport_last_error());
     CHECK(strstr(reuseport_last_error(), "127.0.0.1:") != NULL, "the message names the address");
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_EMPTY, "still empty after the failure: %s",
-          reuseport_role_name(reuseport_set_role(s)));
-    CHECK(reuseport_set_strategy_of(s, 0) == -EAGAIN, "no strategy applied: %d", reuseport_set_strategy_of(s, 0));
-    CHECK(reuseport_set_program_fd(s) == -ENOENT, "no program held");
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_EMPTY, "still empty after the failure: %s",
+          reuseport_role_name(reuseport_set_get_role(s)));
+    CHECK(reuseport_listener_get_strategy(s, 0) == -EAGAIN, "no strategy applied: %d", reuseport_listener_get_strategy(s, 0));
+    CHECK(reuseport_set_get_program_fd(s) == -ENOENT, "no program held");
     int after = fd_count();
     CHECK(after == before, "no fd leaked: %d before, %d after", before, after);
     reuseport_set_free(s);
@@ -537,7 +537,7 @@ static reuseport_set *parent_set;
 static void migrates_with_inherited_program(int unused)
 {
     (void)unused;
-    int prog = reuseport_set_program_fd(parent_set);
+    int prog = reuseport_set_get_program_fd(parent_set);
     CHECK(prog >= 0, "P's program fd inherited: %d", prog);
     drop_privileges();
     label = "[nobody, inherited program] ";
@@ -553,7 +553,7 @@ static void probe_predicts_auto(int sysctl)
 {
     drop_privileges();
     reuseport_probe_info info;
-    CHECK(reuseport_probe(&info) == 0, "probe");
+    CHECK(reuseport_probe(&info, sizeof info, NULL, 0) > 0, "probe");
     CHECK(info.tcp_migrate_req == sysctl, "probe reads tcp_migrate_req %d, want %d", info.tcp_migrate_req, sysctl);
     CHECK(info.bpf_reuseport == 0 && info.bpf_errno == EPERM, "no bpf as nobody: %d %d", info.bpf_reuseport,
           info.bpf_errno);
@@ -563,8 +563,8 @@ static void probe_predicts_auto(int sysctl)
     reuseport_set *s = reuseport_set_new();
     CHECK(reuseport_set_add(s, "127.0.0.1:0") == 1, "add");
     CHECK(reuseport_single_open(s) == 0, "AUTO open");
-    CHECK(reuseport_set_strategy_of(s, 0) == info.auto_strategy, "AUTO open got %s, probe said %s",
-          reuseport_strategy_name(reuseport_set_strategy_of(s, 0)), reuseport_strategy_name(info.auto_strategy));
+    CHECK(reuseport_listener_get_strategy(s, 0) == info.auto_strategy, "AUTO open got %s, probe said %s",
+          reuseport_strategy_name(reuseport_listener_get_strategy(s, 0)), reuseport_strategy_name(info.auto_strategy));
     reuseport_set_free(s);
 }
 
@@ -572,11 +572,11 @@ static void probe_predicts_auto(int sysctl)
 static void set_program_refuses_because(const char *what, int fd, const char *why)
 {
     reuseport_set *s = reuseport_set_new();
-    int rc = reuseport_set_program(s, fd);
+    int rc = reuseport_set_set_program_fd(s, fd);
     CHECK(rc == -EINVAL, "set_program(%s): %d", what, rc);
-    CHECK(strstr(reuseport_last_error(), "reuseport_set_program") != NULL && strstr(reuseport_last_error(), why) != NULL,
+    CHECK(strstr(reuseport_last_error(), "reuseport_set_set_program_fd") != NULL && strstr(reuseport_last_error(), why) != NULL,
           "set_program(%s) says \"%s\": %s", what, why, reuseport_last_error());
-    CHECK(reuseport_set_program_fd(s) == -ENOENT, "set_program(%s) left no program", what);
+    CHECK(reuseport_set_get_program_fd(s) == -ENOENT, "set_program(%s) left no program", what);
     if (fd >= 0)
         CHECK(fcntl(fd, F_GETFD) >= 0, "%s: fd %d still open, the caller's", what, fd);
     reuseport_set_free(s);
@@ -608,9 +608,10 @@ int main(void)
 
     /* f, root: the library can load its program, so AUTO is bpf. */
     reuseport_probe_info info;
-    CHECK(reuseport_probe(&info) == 0, "probe as root");
+    char notes[2048];
+    CHECK(reuseport_probe(&info, sizeof info, notes, sizeof notes) > 0, "probe as root");
     CHECK(info.auto_strategy == REUSEPORT_STRATEGY_BPF, "probe as root: auto %s (%s)",
-          reuseport_strategy_name(info.auto_strategy), info.notes);
+          reuseport_strategy_name(info.auto_strategy), notes);
     CHECK(info.tcp_migrate_req == 0, "a fresh namespace starts with tcp_migrate_req = 0: %d", info.tcp_migrate_req);
 
     /* The experiment, as root. */
@@ -663,10 +664,10 @@ int main(void)
 
     /* d: a root parent loads the program; an unprivileged child migrates with it. */
     parent_set = reuseport_set_new();
-    CHECK(reuseport_set_strategy(parent_set, REUSEPORT_STRATEGY_BPF) == 0, "P: bpf");
+    CHECK(reuseport_set_set_strategy(parent_set, REUSEPORT_STRATEGY_BPF) == 0, "P: bpf");
     CHECK(reuseport_set_add(parent_set, "127.0.0.1:0") == 1, "P: add");
     CHECK(reuseport_single_open(parent_set) == 0, "P: open as root loads the program");
-    CHECK(reuseport_set_program_fd(parent_set) >= 0, "P holds the program");
+    CHECK(reuseport_set_get_program_fd(parent_set) >= 0, "P holds the program");
     CHECK(in_child(migrates_with_inherited_program, 0) == 0, "nobody with P's program migrates");
 
     /* e: fds that are not reuseport migration programs. */
@@ -697,10 +698,10 @@ int main(void)
     }
 
     /* A valid handover keeps its own duplicate: the caller may close its fd. */
-    int prog = reuseport_set_program_fd(parent_set);
+    int prog = reuseport_set_get_program_fd(parent_set);
     reuseport_set *s = reuseport_set_new();
-    CHECK(reuseport_set_program(s, prog) == 0, "set_program(P's program)");
-    int dup = reuseport_set_program_fd(s);
+    CHECK(reuseport_set_set_program_fd(s, prog) == 0, "set_program(P's program)");
+    int dup = reuseport_set_get_program_fd(s);
     CHECK(dup >= 0 && dup != prog, "the set holds its own duplicate: %d (P's %d)", dup, prog);
     CHECK((fcntl(dup, F_GETFD) & FD_CLOEXEC) != 0, "the duplicate is close-on-exec");
     reuseport_set_free(s);

@@ -151,8 +151,8 @@ static reuseport_set *new_set(void)
 static reuseport_set *new_sockets_only_set(void)
 {
     reuseport_set *s = new_set();
-    if (reuseport_set_strategy(s, REUSEPORT_STRATEGY_NONE) != 0) {
-        fprintf(stderr, "reuseport_set_strategy(NONE) failed: %s\n", reuseport_last_error());
+    if (reuseport_set_set_strategy(s, REUSEPORT_STRATEGY_NONE) != 0) {
+        fprintf(stderr, "reuseport_set_set_strategy(NONE) failed: %s\n", reuseport_last_error());
         exit(2);
     }
     return s;
@@ -195,11 +195,11 @@ static void test_null_handles(void)
     EXPECT_ERR(reuseport_worker_adopt(NULL), -EINVAL, "NULL");
     EXPECT_ERR(reuseport_worker_bind(NULL), -EINVAL, "NULL");
     EXPECT_ERR(reuseport_single_open(NULL), -EINVAL, "NULL");
-    EXPECT_ERR(reuseport_set_count(NULL), -EINVAL, "NULL");
-    EXPECT_ERR(reuseport_set_fd(NULL, 0), -EINVAL, "NULL");
-    EXPECT_ERR(reuseport_set_spec(NULL, 0, buf, sizeof buf), -EINVAL, "NULL");
-    EXPECT_ERR(reuseport_set_role(NULL), -EINVAL, "NULL");
-    EXPECT_ERR(reuseport_probe(NULL), -EINVAL, "NULL");
+    EXPECT_ERR(reuseport_set_get_count(NULL), -EINVAL, "NULL");
+    EXPECT_ERR(reuseport_listener_get_fd(NULL, 0), -EINVAL, "NULL");
+    EXPECT_ERR(reuseport_listener_get_spec(NULL, 0, buf, sizeof buf), -EINVAL, "NULL");
+    EXPECT_ERR(reuseport_set_get_role(NULL), -EINVAL, "NULL");
+    EXPECT_ERR(reuseport_probe(NULL, sizeof(struct reuseport_probe_info), NULL, 0), -EINVAL, "NULL");
 
     /* Freeing NULL is a no-op: no crash, and the last error is untouched. */
     before = reuseport_last_error();
@@ -208,15 +208,14 @@ static void test_null_handles(void)
     reuseport_set_free(NULL);
     CHECK(strcmp(reuseport_last_error(), saved) == 0, "reuseport_set_free(NULL) changed last_error");
 
-    /* listen_options_init(NULL) does nothing (and does not crash). */
-    reuseport_listen_options_init(NULL);
-    CHECK(strcmp(reuseport_last_error(), saved) == 0, "reuseport_listen_options_init(NULL) changed last_error");
+    /* listen_options_init(NULL) is refused (and does not crash). */
+    EXPECT_ERR(reuseport_listen_options_init(NULL, sizeof(struct reuseport_listen_options)), -EINVAL, "NULL");
 
     /* A NULL spec string in a real set. */
     reuseport_set *s = new_set();
     EXPECT_ERR(reuseport_set_add(s, NULL), -EINVAL, "NULL");
     EXPECT_ERR(reuseport_set_add_addr(s, NULL, sizeof sin, NULL), -EINVAL, "NULL");
-    EXPECT_OK(reuseport_set_count(s), 0);
+    EXPECT_OK(reuseport_set_get_count(s), 0);
     reuseport_set_free(s);
 }
 
@@ -235,13 +234,13 @@ static void test_bad_specs(void)
     EXPECT_ERR(reuseport_set_add(s, "127.0.0.1:8080 backlog=0"), -EINVAL, "backlog=0");
     EXPECT_ERR(reuseport_set_add(s, "127.0.0.1:8080 ipv6only=on"), -EINVAL, "ipv6only");
     /* None of them added anything. */
-    EXPECT_OK(reuseport_set_count(s), 0);
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_role(s));
+    EXPECT_OK(reuseport_set_get_count(s), 0);
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_get_role(s));
 
     /* A duplicate address is refused, the first one kept. */
     EXPECT_OK(reuseport_set_add(s, "127.0.0.1:8080"), 1);
     EXPECT_ERR(reuseport_set_add(s, "127.0.0.1:8080"), -EINVAL, "already in the set");
-    EXPECT_OK(reuseport_set_count(s), 1);
+    EXPECT_OK(reuseport_set_get_count(s), 1);
     reuseport_set_free(s);
 }
 
@@ -260,7 +259,7 @@ static void test_add_addr(void)
 
     /* The defaults, as documented. */
     memset(&o, 0x55, sizeof o);
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     CHECK(o.backlog == 511, "backlog %d", o.backlog);
     CHECK(o.keepalive == -1 && o.ipv6only == -1, "keepalive %d ipv6only %d", o.keepalive, o.ipv6only);
     CHECK(o.rcvbuf == 0 && o.sndbuf == 0 && o.deferred == 0 && o.fastopen == 0, "non-zero default");
@@ -277,29 +276,29 @@ static void test_add_addr(void)
     o.keepalive = 0;
     o.keepidle = 5;
     EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "keepalive is 0");
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     o.keepalive = 7;
     EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "keepalive = 7");
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     o.ipv6only = 1;
     EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "ipv6only");
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     o.rcvbuf = -5;
     EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "rcvbuf");
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     o.backlog = 0;
     EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "backlog");
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     o.keepidle = 10; /* keepalive left at -1 */
     EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "keepalive");
-    EXPECT_OK(reuseport_set_count(s), 0);
+    EXPECT_OK(reuseport_set_get_count(s), 0);
 
     /* And a good one goes in, shown canonically. */
-    reuseport_listen_options_init(&o);
+    reuseport_listen_options_init(&o, sizeof o);
     o.backlog = 1024;
     EXPECT_OK(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), 1);
     char buf[64];
-    EXPECT_OK(reuseport_set_spec(s, 0, buf, sizeof buf), (int)strlen("127.0.0.1:8081 backlog=1024"));
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, buf, sizeof buf), (int)strlen("127.0.0.1:8081 backlog=1024"));
     CHECK(strcmp(buf, "127.0.0.1:8081 backlog=1024") == 0, "spec \"%s\"", buf);
     reuseport_set_free(s);
 }
@@ -312,33 +311,33 @@ static void test_spec_and_fd_accessors(void)
     char buf[64]; /* larger than the full text: the "exactly full_len" case writes that much */
 
     EXPECT_OK(reuseport_set_add(s, "127.0.0.1:8082 deferred backlog=1024"), 1);
-    EXPECT_ERR(reuseport_set_spec(s, 0, NULL, 5), -EINVAL, "NULL");
-    EXPECT_ERR(reuseport_set_spec(s, 1, buf, sizeof buf), -ENOENT, "out of range");
-    EXPECT_ERR(reuseport_set_spec(s, (size_t)-1, buf, sizeof buf), -ENOENT, "out of range");
-    EXPECT_ERR(reuseport_set_fd(s, 1), -ENOENT, "out of range");
-    EXPECT_ERR(reuseport_set_fd(s, 0), -EBADF, "no socket");
+    EXPECT_ERR(reuseport_listener_get_spec(s, 0, NULL, 5), -EINVAL, "NULL");
+    EXPECT_ERR(reuseport_listener_get_spec(s, 1, buf, sizeof buf), -ENOENT, "out of range");
+    EXPECT_ERR(reuseport_listener_get_spec(s, (size_t)-1, buf, sizeof buf), -ENOENT, "out of range");
+    EXPECT_ERR(reuseport_listener_get_fd(s, 1), -ENOENT, "out of range");
+    EXPECT_ERR(reuseport_listener_get_fd(s, 0), -EBADF, "no socket");
 
     /* NULL with len 0: just the length. */
-    EXPECT_OK(reuseport_set_spec(s, 0, NULL, 0), full_len);
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, NULL, 0), full_len);
     /* len 0 with a buffer: nothing written. */
     memset(buf, 'X', sizeof buf);
-    EXPECT_OK(reuseport_set_spec(s, 0, buf, 0), full_len);
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, buf, 0), full_len);
     CHECK(buf[0] == 'X', "len 0 wrote buf[0] = 0x%02x", (unsigned char)buf[0]);
     /* A tiny buffer: cut, NUL-terminated, nothing past len touched, full length returned. */
     memset(buf, 'X', sizeof buf);
-    EXPECT_OK(reuseport_set_spec(s, 0, buf, 5), full_len);
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, buf, 5), full_len);
     CHECK(memcmp(buf, full, 4) == 0 && buf[4] == '\0', "cut text \"%.5s\"", buf);
     CHECK(buf[5] == 'X' && buf[31] == 'X', "wrote past len: buf[5] = 0x%02x", (unsigned char)buf[5]);
     memset(buf, 'X', sizeof buf);
-    EXPECT_OK(reuseport_set_spec(s, 0, buf, 1), full_len);
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, buf, 1), full_len);
     CHECK(buf[0] == '\0' && buf[1] == 'X', "len 1: buf[0] = 0x%02x buf[1] = 0x%02x", (unsigned char)buf[0],
           (unsigned char)buf[1]);
     /* Exactly full_len bytes: the last character is cut for the NUL. */
     memset(buf, 'X', sizeof buf);
-    EXPECT_OK(reuseport_set_spec(s, 0, buf, (size_t)full_len), full_len);
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, buf, (size_t)full_len), full_len);
     CHECK(strlen(buf) == (size_t)full_len - 1 && strncmp(buf, full, (size_t)full_len - 1) == 0, "got \"%s\"", buf);
     char big[64];
-    EXPECT_OK(reuseport_set_spec(s, 0, big, sizeof big), full_len);
+    EXPECT_OK(reuseport_listener_get_spec(s, 0, big, sizeof big), full_len);
     CHECK(strcmp(big, full) == 0, "expected \"%s\", got \"%s\"", full, big);
 
     CHECK(strcmp(reuseport_role_name(REUSEPORT_ROLE_MASTER_OPEN), "master-open") == 0, "%s",
@@ -359,7 +358,7 @@ static void test_lifecycle_order(void)
     EXPECT_ERR(reuseport_single_open(e), -EINVAL, "no listen specs");
     EXPECT_ERR(reuseport_master_release(e), -EINVAL, "no sockets");
     EXPECT_ERR(reuseport_worker_adopt(e), -EINVAL, "no inherited sockets");
-    CHECK(reuseport_set_role(e) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_role(e));
+    CHECK(reuseport_set_get_role(e) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_get_role(e));
     reuseport_set_free(e);
 
     reuseport_set *s = new_sockets_only_set();
@@ -369,17 +368,17 @@ static void test_lifecycle_order(void)
     EXPECT_ERR(reuseport_master_release(s), -EINVAL, "master_open");
     EXPECT_ERR(reuseport_worker_adopt(s), -EINVAL, "no inherited sockets");
     EXPECT_ERR(reuseport_worker_bind(s), -EINVAL, "port 0");
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_role(s));
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_get_role(s));
     CHECK(count_fds() == fds0, "fds %d, expected %d", count_fds(), fds0);
 
     /* Open, then everything that needs a set without sockets. */
     EXPECT_OK(reuseport_master_open(s), 0);
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_role(s));
-    int fd = reuseport_set_fd(s, 0);
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_get_role(s));
+    int fd = reuseport_listener_get_fd(s, 0);
     CHECK(fd >= 0, "set_fd %d", fd);
     CHECK(count_fds() == fds0 + 1, "fds %d, expected %d", count_fds(), fds0 + 1);
     char spec[64];
-    reuseport_set_spec(s, 0, spec, sizeof spec);
+    reuseport_listener_get_spec(s, 0, spec, sizeof spec);
     CHECK(strncmp(spec, "127.0.0.1:", 10) == 0 && strcmp(spec, "127.0.0.1:0") != 0, "spec after open \"%s\"", spec);
 
     EXPECT_ERR(reuseport_master_open(s), -EALREADY, "already holds sockets");
@@ -395,21 +394,21 @@ static void test_lifecycle_order(void)
     /* Adopting in the process that opened: the caller forgot to fork. */
     EXPECT_ERR(reuseport_worker_adopt(s), -EINVAL, "master");
     /* None of that changed the set. */
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_role(s));
-    CHECK(reuseport_set_fd(s, 0) == fd, "fd %d, expected %d", reuseport_set_fd(s, 0), fd);
-    EXPECT_OK(reuseport_set_count(s), 1);
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_get_role(s));
+    CHECK(reuseport_listener_get_fd(s, 0) == fd, "fd %d, expected %d", reuseport_listener_get_fd(s, 0), fd);
+    EXPECT_OK(reuseport_set_get_count(s), 1);
     CHECK(count_fds() == fds0 + 1, "fds %d, expected %d", count_fds(), fds0 + 1);
 
     /* Release, then twice. */
     EXPECT_OK(reuseport_master_release(s), 0);
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_RELEASED, "role %d", reuseport_set_role(s));
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_RELEASED, "role %d", reuseport_set_get_role(s));
     CHECK(count_fds() == fds0, "fds %d after release, expected %d", count_fds(), fds0);
     EXPECT_ERR(reuseport_master_release(s), -EALREADY, "twice");
-    EXPECT_ERR(reuseport_set_fd(s, 0), -EBADF, "no socket");
+    EXPECT_ERR(reuseport_listener_get_fd(s, 0), -EBADF, "no socket");
     EXPECT_ERR(reuseport_worker_adopt(s), -EINVAL, "no inherited sockets");
     /* The chosen port survives the release. */
     char spec2[64];
-    reuseport_set_spec(s, 0, spec2, sizeof spec2);
+    reuseport_listener_get_spec(s, 0, spec2, sizeof spec2);
     CHECK(strcmp(spec, spec2) == 0, "spec \"%s\" became \"%s\"", spec, spec2);
     reuseport_set_free(s);
     CHECK(count_fds() == fds0, "fds %d, expected %d", count_fds(), fds0);
@@ -450,7 +449,7 @@ static void run_child(const char *file, int line, const char *name, int (*body)(
 static int child_adopt_ok(reuseport_set *s)
 {
     int rc = reuseport_worker_adopt(s);
-    int role = reuseport_set_role(s);
+    int role = reuseport_set_get_role(s);
     reuseport_set_free(s);
     if (rc != 0) {
         fprintf(stderr, "child_adopt_ok: adopt returned %d: %s\n", rc, reuseport_last_error());
@@ -468,7 +467,7 @@ static int child_adopt_ok(reuseport_set *s)
  * without touching the reused number, and the worker can fall back to binding its own. */
 static int child_adopt_closed(reuseport_set *s)
 {
-    int fd = reuseport_set_fd(s, 0);
+    int fd = reuseport_listener_get_fd(s, 0);
     if (fd < 0) {
         fprintf(stderr, "child_adopt_closed: no fd: %d\n", fd);
         return 20;
@@ -488,8 +487,8 @@ static int child_adopt_closed(reuseport_set *s)
     } else if (strncmp(msg, "reuseport_worker_adopt:", 23) != 0 || strstr(msg, "closed") == NULL) {
         fprintf(stderr, "child_adopt_closed: message \"%s\" does not say the fd was closed\n", msg);
         code = 22;
-    } else if (reuseport_set_role(s) != REUSEPORT_ROLE_RELEASED) {
-        fprintf(stderr, "child_adopt_closed: role %d after a failed adopt, expected released\n", reuseport_set_role(s));
+    } else if (reuseport_set_get_role(s) != REUSEPORT_ROLE_RELEASED) {
+        fprintf(stderr, "child_adopt_closed: role %d after a failed adopt, expected released\n", reuseport_set_get_role(s));
         code = 23;
     } else if (fcntl(reused, F_GETFD) < 0) {
         fprintf(stderr, "child_adopt_closed: the library closed fd %d, which is no longer its socket\n", reused);
@@ -518,7 +517,7 @@ static void test_adopt_after_fork(void)
     run_child(__FILE__, __LINE__, "adopt", child_adopt_ok, s);
     run_child(__FILE__, __LINE__, "adopt after close", child_adopt_closed, s);
     /* The children's closes did not touch the master's copies. */
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_role(s));
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_get_role(s));
     CHECK(count_fds() == fds0 + 2, "fds %d, expected %d", count_fds(), fds0 + 2);
     EXPECT_OK(reuseport_master_release(s), 0);
     reuseport_set_free(s);
@@ -558,27 +557,27 @@ static void test_all_or_nothing(void)
     CHECK(strstr(reuseport_last_error(), "bind") != NULL, "message does not name the step");
     int after = count_fds();
     CHECK(after == before, "fds %d after the failed open, expected %d (first socket not closed)", after, before);
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_EMPTY, "role %s after the failed open",
-          reuseport_role_name(reuseport_set_role(s)));
-    EXPECT_ERR(reuseport_set_fd(s, 0), -EBADF, "no socket");
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_EMPTY, "role %s after the failed open",
+          reuseport_role_name(reuseport_set_get_role(s)));
+    EXPECT_ERR(reuseport_listener_get_fd(s, 0), -EBADF, "no socket");
     char text[64];
-    reuseport_set_spec(s, 0, text, sizeof text);
+    reuseport_listener_get_spec(s, 0, text, sizeof text);
     CHECK(strcmp(text, "127.0.0.1:0") == 0, "first spec became \"%s\" after the failed open", text);
 
     /* Same through single_open (opens and configures). */
     EXPECT_ERR(reuseport_single_open(s), -EADDRINUSE, portstr);
     CHECK(count_fds() == before, "fds %d after the failed single_open, expected %d", count_fds(), before);
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_role(s));
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_EMPTY, "role %d", reuseport_set_get_role(s));
 
     /* Once the port is free, the same set opens. */
     close(blocker);
     before = count_fds();
     EXPECT_OK(reuseport_master_open(s), 0);
-    CHECK(reuseport_set_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_role(s));
+    CHECK(reuseport_set_get_role(s) == REUSEPORT_ROLE_MASTER_OPEN, "role %d", reuseport_set_get_role(s));
     CHECK(count_fds() == before + 2, "fds %d, expected %d", count_fds(), before + 2);
-    CHECK(reuseport_set_fd(s, 0) >= 0 && reuseport_set_fd(s, 1) >= 0, "fds %d %d", reuseport_set_fd(s, 0),
-          reuseport_set_fd(s, 1));
-    reuseport_set_spec(s, 1, text, sizeof text);
+    CHECK(reuseport_listener_get_fd(s, 0) >= 0 && reuseport_listener_get_fd(s, 1) >= 0, "fds %d %d", reuseport_listener_get_fd(s, 0),
+          reuseport_listener_get_fd(s, 1));
+    reuseport_listener_get_spec(s, 1, text, sizeof text);
     CHECK(strcmp(text, spec) == 0, "expected \"%s\", got \"%s\"", spec, text);
     reuseport_set_free(s);
     CHECK(count_fds() == before, "fds %d after free, expected %d", count_fds(), before);
@@ -590,7 +589,7 @@ static void test_log_callback(void)
     memset(&cap, 0, sizeof cap);
     reuseport_set *s = new_set();
 
-    reuseport_set_log_callback(capture_log, &cap, REUSEPORT_LOG_ERROR);
+    reuseport_log_set_callback(capture_log, &cap, REUSEPORT_LOG_ERROR);
     EXPECT_ERR(reuseport_set_add(s, "127.0.0.1:99999"), -EINVAL, "99999");
     CHECK(cap.calls == 1 && cap.errors == 1, "calls %d errors %d, expected 1 1", cap.calls, cap.errors);
     CHECK(cap.last_level == REUSEPORT_LOG_ERROR, "level %d", cap.last_level);
@@ -606,7 +605,7 @@ static void test_log_callback(void)
     CHECK(cap.calls == 2, "calls %d at max_level ERROR after a successful open/release, expected 2", cap.calls);
 
     /* Removed: silent. */
-    reuseport_set_log_callback(NULL, NULL, REUSEPORT_LOG_DEBUG);
+    reuseport_log_set_callback(NULL, NULL, REUSEPORT_LOG_DEBUG);
     EXPECT_ERR(reuseport_master_release(s), -EALREADY, "twice");
     EXPECT_ERR(reuseport_set_add(s, ""), -EINVAL, "empty");
     CHECK(cap.calls == 2, "calls %d after removing the callback, expected 2", cap.calls);
@@ -618,10 +617,66 @@ static void test_probe(void)
     int before = count_fds();
     struct reuseport_probe_info info;
     memset(&info, 0, sizeof info);
-    EXPECT_OK(reuseport_probe(&info), 0);
+    char notes[2048];
+    int len = reuseport_probe(&info, sizeof info, notes, sizeof notes);
+    CHECK(len > 0 && (size_t)len == strlen(notes), "probe returns the notes' length: %d", len);
+    CHECK(strncmp(notes, "strategy auto -> ", 17) == 0, "notes start with the strategy: %s", notes);
+    /* snprintf-style: cut and NUL-terminated, the full length returned. */
+    char cut[8];
+    EXPECT_OK(reuseport_probe(&info, sizeof info, cut, sizeof cut), len);
+    CHECK(strlen(cut) == sizeof cut - 1, "cut notes: %s", cut);
     CHECK(info.so_reuseport == 1, "so_reuseport %d", info.so_reuseport);
     CHECK(info.kernel_release[0] != '\0', "empty kernel_release");
     CHECK(count_fds() == before, "fds %d after probe, expected %d", count_fds(), before);
+}
+
+/* The ABI rules: structs that grow, sizes the caller states, one internal error code. */
+static void test_abi_rules(void)
+{
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    reuseport_set *s = reuseport_set_new();
+
+    /* An options struct from a newer header: a bigger struct, its unknown tail zero, is
+     * accepted; a field this library does not know, set, is refused. */
+    struct {
+        struct reuseport_listen_options o;
+        int newer_field;
+    } big;
+    memset(&big, 0x55, sizeof big);
+    EXPECT_OK(reuseport_listen_options_init(&big.o, sizeof big), 0);
+    CHECK(big.o.sz == sizeof big && big.newer_field == 0, "init zeroes the caller's whole struct");
+    CHECK(big.o.backlog == 511, "defaults written: backlog %d", big.o.backlog);
+    EXPECT_OK(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &big.o), 1);
+    big.newer_field = 1;
+    EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &big.o), -EINVAL, "newer");
+
+    /* A size below the first release's, or a struct never initialised, is refused. */
+    struct reuseport_listen_options o;
+    EXPECT_ERR(reuseport_listen_options_init(&o, REUSEPORT_LISTEN_OPTIONS_SIZE_V1 - 1), -EINVAL, "smallest");
+    memset(&o, 0, sizeof o);
+    EXPECT_ERR(reuseport_set_add_addr(s, (const struct sockaddr *)&sin, sizeof sin, &o), -EINVAL, "_init");
+    CHECK(sizeof(struct reuseport_listen_options) >= REUSEPORT_LISTEN_OPTIONS_SIZE_V1, "V1 size");
+
+    /* Output: a bigger caller struct gets zeroes beyond what the library knows; a smaller
+     * one than the first release's is refused. */
+    struct {
+        struct reuseport_probe_info info;
+        int newer_field;
+    } out;
+    memset(&out, 0x55, sizeof out);
+    CHECK(reuseport_probe(&out.info, sizeof out, NULL, 0) > 0, "probe into a bigger struct");
+    CHECK(out.newer_field == 0, "the unknown tail is zeroed: %d", out.newer_field);
+    EXPECT_ERR(reuseport_probe(&out.info, REUSEPORT_PROBE_INFO_SIZE_V1 - 1, NULL, 0), -EINVAL, "smallest");
+
+    struct reuseport_slot slot;
+    EXPECT_ERR(reuseport_listener_get_slots(s, 99, &slot, 1, sizeof slot), -ENOENT, "out of range");
+
+    /* The internal error code is beyond the errno range: never a system error. */
+    CHECK(REUSEPORT_EINTERNAL > 133 && REUSEPORT_EINTERNAL < 4096, "EINTERNAL %d", REUSEPORT_EINTERNAL);
+    reuseport_set_free(s);
 }
 
 int main(void)
@@ -642,6 +697,7 @@ int main(void)
     test_all_or_nothing();
     test_log_callback();
     test_probe();
+    test_abi_rules();
 
     int fds_end = count_fds();
     CHECK(fds_end == fds_start, "open fds %d at the end, %d at the start", fds_end, fds_start);

@@ -55,7 +55,7 @@ static void binds_then_drops(reuseport_set *set)
 {
     CHECK(reuseport_worker_bind(set) == 0, "bind as root before setuid");
     drop_privileges();
-    int fd = reuseport_set_fd(set, 0);
+    int fd = reuseport_listener_get_fd(set, 0);
     CHECK(fd >= 0, "fd held after setuid: %d", fd);
     int v = 0;
     socklen_t len = sizeof v;
@@ -70,7 +70,7 @@ static void drops_then_binds_privileged(reuseport_set *set)
     CHECK(strstr(reuseport_last_error(), "127.0.0.1:80") != NULL, "names the address");
     CHECK(strstr(reuseport_last_error(), "CAP_NET_BIND_SERVICE") != NULL, "names the capability");
     CHECK(strstr(reuseport_last_error(), "before dropping privileges") != NULL, "names the fix");
-    CHECK(reuseport_set_role(set) == REUSEPORT_ROLE_RELEASED, "role unchanged after failure");
+    CHECK(reuseport_set_get_role(set) == REUSEPORT_ROLE_RELEASED, "role unchanged after failure");
 }
 
 static void drops_then_binds_root_group(reuseport_set *set)
@@ -88,9 +88,10 @@ static void probe_as_nobody(reuseport_set *set)
     (void)set;
     drop_privileges();
     reuseport_probe_info info;
-    CHECK(reuseport_probe(&info) == 0, "probe");
+    char notes[2048];
+    CHECK(reuseport_probe(&info, sizeof info, notes, sizeof notes) > 0, "probe");
     CHECK(info.bpf_reuseport == 0 && info.bpf_errno == EPERM, "no bpf as nobody: %d %d", info.bpf_reuseport, info.bpf_errno);
-    CHECK(strstr(info.notes, "CAP_BPF") != NULL, "notes name CAP_BPF: %s", info.notes);
+    CHECK(strstr(notes, "CAP_BPF") != NULL, "notes name CAP_BPF: %s", notes);
     CHECK(info.so_reuseport == 1, "SO_REUSEPORT available");
 }
 
@@ -104,8 +105,9 @@ int main(void)
     }
 
     reuseport_probe_info info;
-    CHECK(reuseport_probe(&info) == 0, "probe as root");
-    CHECK(info.bpf_reuseport == 1, "root loads the reuseport program: errno %d, %s", info.bpf_errno, info.notes);
+    char notes[2048];
+    CHECK(reuseport_probe(&info, sizeof info, notes, sizeof notes) > 0, "probe as root");
+    CHECK(info.bpf_reuseport == 1, "root loads the reuseport program: errno %d, %s", info.bpf_errno, notes);
     CHECK(info.tcp_migrate_req == 0, "fresh namespace starts with tcp_migrate_req = 0: %d", info.tcp_migrate_req);
     CHECK(in_child(probe_as_nobody, NULL) == 0, "probe as nobody");
 
@@ -142,7 +144,7 @@ int main(void)
     CHECK(reuseport_set_add(owner, "127.0.0.1:0") == 1, "add port 0");
     CHECK(reuseport_master_open(owner) == 0, "open");
     char spec[128];
-    CHECK(reuseport_set_spec(owner, 0, spec, sizeof spec) > 0, "spec text");
+    CHECK(reuseport_listener_get_spec(owner, 0, spec, sizeof spec) > 0, "spec text");
     set = reuseport_set_new();
     CHECK(reuseport_set_add(set, spec) == 1, "add %s", spec);
     CHECK(in_child(drops_then_binds_root_group, set) == 0, "worker binds root's group after setuid");

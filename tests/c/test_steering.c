@@ -55,7 +55,7 @@ static void worker(reuseport_set *set, int index)
         _exit(2);
     }
     drop_privileges();
-    int fd = reuseport_set_fd(set, 0);
+    int fd = reuseport_listener_get_fd(set, 0);
     fcntl(fd, F_SETFL, O_NONBLOCK);
     while (!stop) {
         reuseport_heartbeat(set);
@@ -74,7 +74,7 @@ static void worker(reuseport_set *set, int index)
 static int slot_state(reuseport_set *set, pid_t pid, struct reuseport_slot *copy)
 {
     struct reuseport_slot slots[8];
-    int n = reuseport_slots(set, 0, slots, 8);
+    int n = reuseport_listener_get_slots(set, 0, slots, 8, sizeof slots[0]);
     for (int i = 0; i < n && i < 8; i++)
         if (slots[i].pid == pid) {
             if (copy)
@@ -120,7 +120,7 @@ static int all_accepted(void *p)
 
 static int no_slots(void *set)
 {
-    return reuseport_slots(set, 0, NULL, 0) == 0;
+    return reuseport_listener_get_slots(set, 0, NULL, 0, 0) == 0;
 }
 
 static void connect_n(uint16_t port, int n, int *fds)
@@ -147,21 +147,21 @@ int main(void)
         return 77;
     }
     struct reuseport_probe_info info;
-    CHECK(reuseport_probe(&info) == 0, "probe");
+    CHECK(reuseport_probe(&info, sizeof info, NULL, 0) > 0, "probe");
     CHECK(info.steering == 1, "root can create the steering program (errno %d)", info.steering_errno);
     CHECK(info.rescue == 1, "root may move a stalled worker's queue");
 
     shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     reuseport_set *set = reuseport_set_new();
     CHECK(reuseport_set_add(set, "127.0.0.1:0") == 1, "add");
-    CHECK(reuseport_set_health_threshold(set, THRESHOLD_MS) == 0, "threshold");
+    CHECK(reuseport_set_set_health_threshold(set, THRESHOLD_MS) == 0, "threshold");
     CHECK(reuseport_master_open(set) == 0, "open");
-    CHECK(reuseport_steered(set, 0) == 1, "the group is steered");
-    CHECK(reuseport_steered(set, 1) == -ENOENT, "bad index");
-    CHECK(reuseport_slots(set, 0, NULL, 0) == 0, "no worker yet, no slot");
+    CHECK(reuseport_listener_is_steered(set, 0) == 1, "the group is steered");
+    CHECK(reuseport_listener_is_steered(set, 1) == -ENOENT, "bad index");
+    CHECK(reuseport_listener_get_slots(set, 0, NULL, 0, 0) == 0, "no worker yet, no slot");
 
     char spec[128];
-    reuseport_set_spec(set, 0, spec, sizeof spec);
+    reuseport_listener_get_spec(set, 0, spec, sizeof spec);
     uint16_t port = (uint16_t)atoi(strrchr(spec, ':') + 1);
 
     pid_t w[2];
@@ -179,7 +179,7 @@ int main(void)
           "both workers' slots healthy (states %d, %d)", slot_state(set, w[0], NULL), slot_state(set, w[1], NULL));
     struct reuseport_slot s;
     CHECK(slot_state(set, w[1], &s) >= 0 && s.beats > 0, "worker 1 beats (%llu)", (unsigned long long)s.beats);
-    CHECK(reuseport_slots(set, 0, NULL, 0) == 2, "two slots claimed");
+    CHECK(reuseport_listener_get_slots(set, 0, NULL, 0, 0) == 2, "two slots claimed");
 
     /* Stall worker 1 with connections queued on it. */
     kill(w[1], SIGSTOP);
@@ -222,15 +222,15 @@ int main(void)
         CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d exit status %d", i, st);
     }
     CHECK(watch_until(set, 1000, no_slots, set), "the workers' slots are freed when they exit (%d left)",
-          reuseport_slots(set, 0, NULL, 0));
+          reuseport_listener_get_slots(set, 0, NULL, 0, 0));
 
     /* Steering off: the plain migration program, nothing to watch. */
     reuseport_set *plain = reuseport_set_new();
     reuseport_set_add(plain, "127.0.0.1:0");
-    reuseport_set_health_threshold(plain, 0);
+    reuseport_set_set_health_threshold(plain, 0);
     CHECK(reuseport_master_open(plain) == 0, "open without steering");
-    CHECK(reuseport_steered(plain, 0) == 0, "not steered");
-    CHECK(reuseport_slots(plain, 0, NULL, 0) == -ENOTSUP, "no slots to report");
+    CHECK(reuseport_listener_is_steered(plain, 0) == 0, "not steered");
+    CHECK(reuseport_listener_get_slots(plain, 0, NULL, 0, 0) == -ENOTSUP, "no slots to report");
     CHECK(reuseport_watch(plain) == 0, "nothing to watch");
     CHECK(reuseport_heartbeat(NULL) == -EINVAL, "NULL set");
     reuseport_set_free(plain);
