@@ -29,7 +29,9 @@
 //!    queue, which migrates whole. With a taker (`hand_over`), what arrives meanwhile is
 //!    accepted and handed over instead of waiting for the close.
 //! 2. The close token (close_token.rs): the sockets of one master's processes close in
-//!    turn, waited for at most TURN_PATIENCE (pollable: Retirement::poll_fd()).
+//!    turn, waited for at most TURN_PATIENCE (pollable: Retirement::poll_fd()). Not for
+//!    steered sockets that each have an eligible sibling: the program, not the kernel's
+//!    hash, chooses where their connections migrate, and never a leaving socket.
 //! 3. The close, and the turn kept for TURN_GAP after it.
 //! 4. With drain: accepting until the queue stays empty, then 2 and 3 again for the rest.
 
@@ -283,8 +285,15 @@ impl Retirement {
                     self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
                 }
                 Phase::WaitingTurn { since, close } => {
-                    let got = self.close_token.as_ref().is_some_and(CloseToken::try_acquire);
-                    if !got && self.close_token.is_some() {
+                    if let Some(h) = hand_over.as_deref_mut() {
+                        self.handed_over += accept_queued(listeners, h);
+                    }
+                    // Steered sockets that each have an eligible sibling need no turn: the
+                    // program sends what they hold, queued or half-open, to an eligible
+                    // member only, never to one that is leaving.
+                    let needs_turn = close == Close::All || !steered_to_siblings(listeners);
+                    let got = needs_turn && self.close_token.as_ref().is_some_and(CloseToken::try_acquire);
+                    if needs_turn && !got && self.close_token.is_some() {
                         let left = (since + TURN_PATIENCE).saturating_duration_since(now);
                         if !left.is_zero() {
                             return Progress::Again(left.min(RECHECK));
@@ -401,6 +410,15 @@ enum Siblings {
     Coming,
     /// No listener has an eligible sibling and none is coming.
     NoneComing,
+}
+
+/// Whether every migrating socket still held is steered and has an eligible sibling: then
+/// the steering program, not the kernel's hash, chooses where its connections migrate.
+fn steered_to_siblings(listeners: &[Listener]) -> bool {
+    listeners
+        .iter()
+        .filter(|l| l.fd.is_some() && !drains(l))
+        .all(|l| l.claim.as_ref().is_some_and(|c| c.steering.has_eligible(&[c.slot])))
 }
 
 fn siblings(listeners: &[Listener]) -> Siblings {
