@@ -1,29 +1,52 @@
 #!/bin/bash
-# Builds nginx twice from the same upstream source, with the same flags:
-#   target/nginx-stock    upstream nginx, unmodified (the baseline)
-#   target/nginx-patched  with c-examples/nginx/nginx-<version>-reuseport.patch applied,
-#                         linked with the library (target/release/libreuseport.a)
-# Each is a standard nginx prefix: sbin/nginx, conf/, html/, logs/.
+# Builds nginx twice per version from the same upstream source, with the same flags:
+#   target/nginx-<line>-stock    upstream nginx, unmodified (the baseline)
+#   target/nginx-<line>-patched  with the reuseport patch (scripts/nginx-patch.sh: the
+#                                version's hooks plus the shared glue), linked with the
+#                                library (target/release/libreuseport.a)
+# <line> is the stable line: 1.22, 1.26, 1.30. target/nginx-stock and target/nginx-patched
+# are links to the 1.22 builds (Debian 12's nginx). Each is a standard nginx prefix:
+# sbin/nginx, conf/, html/, logs/.
 #
-# Usage: scripts/build-nginx.sh [--tarball PATH] [--nginx-version V --sha256 HEX]
+# Usage: scripts/build-nginx.sh [VERSION...] [--tarball PATH] [--sha256 HEX]
+#   VERSION   1.22 (1.22.1, Debian 12), 1.26 (1.26.3, Debian 13), 1.30 (1.30.6, Debian
+#             unstable), or an exact version; default: all three lines.
+#   --tarball an nginx source tarball (upstream's nginx-X.Y.Z.tar.gz, Debian's orig
+#             tarball, or a `git archive` of nginx's repository): builds its version
+#             (read from its src/core/nginx.h), instead of downloading.
+#   --sha256  the digest the tarball must have (versions of the table below have theirs).
 #
 # The source is, in this order: --tarball PATH (or $NGINX_TARBALL); the cached copy
-# target/nginx/nginx_<version>.orig.tar.gz; Debian's source package (`apt-get source
-# --download-only nginx`, adding a deb-src entry when the machine has none). Whatever it
-# is, its sha256 must be the one below (that of upstream's nginx-<version>.tar.gz, which
-# Debian ships unchanged as its orig tarball). Missing build packages are installed (root
-# or sudo). Incremental: a tree is unpacked, patched and configured again only when the
-# tarball, the patch (and the files beside it), the header or the flags changed; a new
-# libreuseport.a only relinks the patched nginx. Exit status: 0 done; 1 failure; 77
-# packages are missing and this user cannot install them (ctest reports a skip; not in CI).
+# target/nginx/nginx_<version>.orig.tar.gz; Debian's source package of the suite that
+# ships the version (`apt-get source --download-only nginx=<debian version>`), fetched
+# with a private apt configuration under target/apt/ (its own deb-src list, package lists
+# and cache): the machine's apt setup (/etc/apt, /var/lib/apt/lists) is not changed.
+# Failing those, for a line (1.30), any cached tarball of that line
+# (target/nginx/nginx_1.30.*.orig.tar.gz, left by an earlier --tarball). A tarball of a
+# version in the table must have that version's sha256 (upstream's, which Debian ships
+# unchanged as its orig tarball); another version's is used as given, unless --sha256.
+#
+# Missing build packages are installed (root or sudo). Incremental: a tree is unpacked,
+# patched and configured again only when the tarball, the patch, the header or the flags
+# changed; a new libreuseport.a only relinks the patched nginx. Exit status: 0 done;
+# 1 failure; 77 packages are missing and this user cannot install them, or no source for
+# a version could be had (ctest reports a skip; a failure when CI is set).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PATH="$HOME/.cargo/bin:$PATH"
 
-NGINX_VERSION=1.22.1
-NGINX_SHA256=9ebb333a9e82b952acd3e2b4aeb1d4ff6406f72491bab6cd9fe69f0dea737f31
+# line  version  Debian suite  sha256 of upstream's nginx-<version>.tar.gz
+KNOWN="
+1.22 1.22.1 bookworm 9ebb333a9e82b952acd3e2b4aeb1d4ff6406f72491bab6cd9fe69f0dea737f31
+1.26 1.26.3 trixie 69ee2b237744036e61d24b836668aad3040dda461fe6f570f1787eab570c75aa
+1.30 1.30.6 sid 3cf46f5ed7504d460125866b7bea99fb357f31d887e2e63b35503310e9b8b6c8
+"
+DEFAULT_LINES="1.22 1.26 1.30"
+
 TARBALL=${NGINX_TARBALL:-}
+WANT_SHA=""
+REQUESTED=()
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -33,27 +56,37 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --tarball) TARBALL=${2:?--tarball needs a path}; shift 2 ;;
         --tarball=*) TARBALL=${1#*=}; shift ;;
-        --nginx-version) NGINX_VERSION=${2:?--nginx-version needs a version}; shift 2 ;;
-        --sha256) NGINX_SHA256=${2:?--sha256 needs a hex digest}; shift 2 ;;
+        --sha256) WANT_SHA=${2:?--sha256 needs a hex digest}; shift 2 ;;
+        --nginx-version) REQUESTED+=("${2:?--nginx-version needs a version}"); shift 2 ;; # older spelling
         -h|--help) usage 0 ;;
-        *) echo "build-nginx.sh: unknown argument: $1" >&2; usage 1 >&2 ;;
+        -*) echo "build-nginx.sh: unknown argument: $1" >&2; usage 1 >&2 ;;
+        *) REQUESTED+=("$1"); shift ;;
     esac
 done
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'build-nginx.sh: error: %s\n' "$*" >&2; exit 1; }
+# No source for a version: a skip for ctest, a failure in CI.
+no_source() {
+    printf 'build-nginx.sh: %s\n' "$*" >&2
+    if [ -n "${CI:-}" ]; then exit 1; fi
+    exit 77
+}
 
 CACHE_DIR=$ROOT/target/nginx
-CACHED=$CACHE_DIR/nginx_$NGINX_VERSION.orig.tar.gz
-BUILD_DIR=$CACHE_DIR/build
-PATCH_DIR=$ROOT/c-examples/nginx
-PATCH=$PATCH_DIR/nginx-$NGINX_VERSION-reuseport.patch
+BUILD_ROOT=$CACHE_DIR/build
+APT_DIR=$ROOT/target/apt
 LIB=$ROOT/target/release/libreuseport.a
 # The header and rustc's list of the system libraries the static library needs, as the
 # CMake build makes them (cmake/CargoBuild.cmake, the same cargo arguments: one build).
 HEADER=$CACHE_DIR/include/reuseport.h
 NATIVE_LIBS=$CACHE_DIR/native-static-libs.txt
-mkdir -p "$CACHE_DIR" "$BUILD_DIR"
+mkdir -p "$CACHE_DIR" "$BUILD_ROOT"
+
+line_of() { printf '%s' "$1" | cut -d. -f1,2; }
+known_field() { # known_field LINE-OR-VERSION COLUMN (2 version, 3 suite, 4 sha256)
+    awk -v k="$1" -v c="$2" 'NF == 4 && ($1 == k || $2 == k) { print $c }' <<<"$KNOWN"
+}
 
 # Root, or sudo, for apt-get. Without either, a missing package is exit 77 (a skip for
 # ctest) unless CI is set, where it is a failure.
@@ -68,28 +101,24 @@ as_root() {
         exit 77
     fi
 }
-APT_UPDATED=""
-apt_update() {
-    say "apt-get update"
-    as_root apt-get update -qq
-    APT_UPDATED=1
-}
 
 # --- 1. build packages ------------------------------------------------------------------
+# libssl-dev: the HTTP/3 (QUIC) module of nginx >= 1.25, built into both kinds so that
+# `listen ... quic reuseport` can be tested next to the library's TCP listeners.
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 if command -v dpkg-query >/dev/null 2>&1; then
     missing=""
-    for pkg in build-essential libpcre3-dev zlib1g-dev patch; do
+    for pkg in build-essential libpcre3-dev zlib1g-dev libssl-dev patch; do
         installed "$pkg" || missing="$missing $pkg"
     done
     if [ -n "$missing" ]; then
         say "installing:$missing"
-        apt_update
+        as_root apt-get update -qq
         # shellcheck disable=SC2086 # the package list is split on purpose
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
 else
-    say "not a Debian system: assuming a C compiler, make, patch, PCRE and zlib headers are there"
+    say "not a Debian system: assuming a C compiler, make, patch, PCRE, zlib and OpenSSL headers are there"
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) first"
 
@@ -104,176 +133,143 @@ cmake -DCARGO=cargo -DSOURCE_DIR="$ROOT" -DTARGET_DIR="$ROOT/target" -DPROFILE=r
 
 # --- 3. the nginx source ----------------------------------------------------------------
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-has_deb_src() {
-    # deb-src in a one-line list, or a deb822 stanza whose Types include deb-src.
-    grep -Eqs '^[[:space:]]*deb-src[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-        || grep -Eiqs '^Types:.*([[:space:]]|:)deb-src([[:space:]]|$)' /etc/apt/sources.list.d/*.sources
+# The version a tarball holds, from its src/core/nginx.h.
+version_in() {
+    tar -xzOf "$1" --wildcards '*/src/core/nginx.h' 2>/dev/null \
+        | sed -n 's/^#define NGINX_VERSION *"\([^"]*\)".*/\1/p' | head -n 1
 }
 
-# Writes a deb-src entry mirroring the machine's deb entries: a deb822 file beside
-# debian.sources (Debian 12's default), or a one-line list mirroring sources.list.
-add_deb_src() {
-    local deb822=/etc/apt/sources.list.d/debian.sources entries
-    if [ -f "$deb822" ]; then
-        # Every enabled stanza whose Types include "deb": Types becomes deb-src; URIs,
-        # Suites, Components and Signed-By (with its continuation lines, for an inline
-        # key) are kept; comments and other fields are dropped.
-        entries=$(awk '
-            function flush() {
-                if (isdeb && enabled && body != "") { printf "%s%s", (n++ ? "\n" : ""), "Types: deb-src\n" body }
-                body = ""; isdeb = 0; enabled = 1; keep = 0
-            }
-            BEGIN { enabled = 1 }
-            /^[[:space:]]*$/ { flush(); next }
-            /^#/ { next }
-            /^[ \t]/ { if (keep) body = body $0 "\n"; next }
-            {
-                field = tolower($0); sub(/:.*/, "", field)
-                value = $0; sub(/^[^:]*:[ \t]*/, "", value)
-                keep = 0
-                if (field == "types") { isdeb = (" " value " " ~ /[ \t]deb[ \t]/) }
-                else if (field == "enabled") { enabled = (tolower(value) != "no") }
-                else if (field == "uris" || field == "suites" || field == "components" || field == "signed-by") {
-                    body = body $0 "\n"; keep = 1
-                }
-            }
-            END { flush() }' "$deb822")
-        [ -n "$entries" ] || die "no deb entry in $deb822 to mirror as deb-src"
-        say "adding deb-src entries: /etc/apt/sources.list.d/reuseport-src.sources"
-        printf '# Added by scripts/build-nginx.sh (reuseport) for `apt-get source nginx`.\n%s\n' "$entries" \
-            | as_root tee /etc/apt/sources.list.d/reuseport-src.sources >/dev/null
-    elif grep -Eqs '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list; then
-        say "adding deb-src lines: /etc/apt/sources.list.d/reuseport-src.list"
-        { echo '# Added by scripts/build-nginx.sh (reuseport) for `apt-get source nginx`.'
-          sed -n -E 's/^[[:space:]]*deb([[:space:]])/deb-src\1/p' /etc/apt/sources.list
-        } | as_root tee /etc/apt/sources.list.d/reuseport-src.list >/dev/null
-    else
-        die "found no deb entry (in $deb822 or /etc/apt/sources.list) to mirror as deb-src; pass --tarball PATH"
-    fi
-}
+# shellcheck source=scripts/lib/private-apt.sh
+. "$ROOT/scripts/lib/private-apt.sh"
 
-source_versions() { apt-cache showsrc nginx 2>/dev/null | sed -n 's/^Version: //p' | sort -rV | uniq; }
-
-# `apt-get source --download-only nginx` (the candidate version); when that fails or is
-# another upstream version, each Debian revision of $NGINX_VERSION in turn: they share one
-# orig tarball, and a mirror may lack one revision's files (here, the security archive's
-# source pool answers 404).
-download_orig() {
-    local dir=$1 v
-    say "apt-get source --download-only nginx (in $dir)"
-    if (cd "$dir" && apt-get source --download-only -qq nginx) && [ -f "$dir/nginx_$NGINX_VERSION.orig.tar.gz" ]; then
-        return 0
-    fi
-    say "no nginx_$NGINX_VERSION.orig.tar.gz from the candidate source package: trying each Debian revision of $NGINX_VERSION"
-    for v in $(source_versions); do
+# Downloads Debian's orig tarball of VERSION into the cache: each Debian revision of it
+# in turn (they share one orig tarball, and a mirror may lack one revision's files).
+fetch_debian_source() {
+    local version=$1 suite=$2 tmp v
+    command -v apt-get >/dev/null 2>&1 || return 1
+    private_apt_update "$suite" || return 1
+    tmp=$(private_apt_tmpdir)
+    for v in $(private_apt_source_versions nginx); do
         case "$v" in
-            "$NGINX_VERSION"-*|*:"$NGINX_VERSION"-*) ;;
+            "$version"-*|*:"$version"-*) ;;
             *) continue ;;
         esac
-        say "apt-get source --download-only nginx=$v"
-        if (cd "$dir" && apt-get source --download-only -qq "nginx=$v") && [ -f "$dir/nginx_$NGINX_VERSION.orig.tar.gz" ]; then
+        say "apt-get source --download-only nginx=$v (private apt configuration, $suite)"
+        (cd "$tmp" && private_apt_get source --download-only -qq "nginx=$v") >/dev/null 2>&1 || true
+        if [ -f "$tmp/nginx_$version.orig.tar.gz" ]; then
+            cp "$tmp/nginx_$version.orig.tar.gz" "$CACHE_DIR/nginx_$version.orig.tar.gz.tmp"
+            mv "$CACHE_DIR/nginx_$version.orig.tar.gz.tmp" "$CACHE_DIR/nginx_$version.orig.tar.gz"
+            rm -rf "$tmp"
             return 0
         fi
     done
+    rm -rf "$tmp"
     return 1
 }
 
-fetch_debian_source() {
-    command -v apt-get >/dev/null 2>&1 || die "no --tarball given, none cached at $CACHED, and no apt-get to fetch Debian's"
-    local tmp
-    tmp=$(mktemp -d "${TMPDIR:-/tmp}/nginx-src.XXXXXX")
-    # apt downloads as its user _apt, which must be able to write there (else it warns and
-    # downloads as root).
-    chmod 755 "$tmp"
-    if [ "$(id -u)" = 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$tmp"; fi
-    # shellcheck disable=SC2064 # expand $tmp now
-    trap "rm -rf '$tmp'" EXIT
-    if ! has_deb_src; then
-        add_deb_src
-        apt_update
-    fi
-    if ! download_orig "$tmp"; then
-        if [ -z "$APT_UPDATED" ]; then
-            # A deb-src entry whose index was never fetched, or is stale: update once, retry.
-            apt_update
-            download_orig "$tmp" || die "could not download nginx_$NGINX_VERSION.orig.tar.gz from Debian (source versions known: $(source_versions | xargs)); pass --tarball PATH"
-        else
-            die "could not download nginx_$NGINX_VERSION.orig.tar.gz from Debian (source versions known: $(source_versions | xargs)); pass --tarball PATH"
+# Sets SOURCE and VERSION for a requested line or version (or for --tarball).
+find_source() {
+    local req=$1 line version suite newest
+    if [ -n "$TARBALL" ]; then
+        [ -f "$TARBALL" ] || die "--tarball $TARBALL: no such file"
+        VERSION=$(version_in "$TARBALL")
+        [ -n "$VERSION" ] || die "$TARBALL: no src/core/nginx.h with NGINX_VERSION in it: not an nginx source tarball"
+        if [ -n "$req" ] && [ "$req" != "$VERSION" ] && [ "$req" != "$(line_of "$VERSION")" ]; then
+            die "--tarball $TARBALL holds nginx $VERSION, not $req"
         fi
+        say "nginx $VERSION source: $TARBALL"
+        SOURCE=$TARBALL
+        return
     fi
-    cp "$tmp/nginx_$NGINX_VERSION.orig.tar.gz" "$CACHED.tmp"
-    mv "$CACHED.tmp" "$CACHED"
-    rm -rf "$tmp"
-    trap - EXIT
+    line=$(line_of "$req")
+    version=$req
+    [ "$req" = "$line" ] && version=$(known_field "$line" 2)
+    [ -n "$version" ] || die "nginx $req: not a version this script knows (have: $DEFAULT_LINES); pass --tarball PATH"
+    VERSION=$version
+    SOURCE=$CACHE_DIR/nginx_$version.orig.tar.gz
+    if [ -f "$SOURCE" ]; then
+        say "nginx $version source: $SOURCE (cached)"
+        return
+    fi
+    suite=$(known_field "$version" 3)
+    if [ -n "$suite" ] && fetch_debian_source "$version" "$suite"; then
+        say "nginx $version source: Debian's source package ($suite)"
+        return
+    fi
+    # The suite's pool may lag its index (the source package listed, its files not yet
+    # served): a tarball of the same line given earlier with --tarball is used instead.
+    newest=$(find "$CACHE_DIR" -maxdepth 1 -name "nginx_$line.*.orig.tar.gz" -printf '%f\n' | sort -V | tail -n 1)
+    if [ -n "$newest" ] && [ "$req" = "$line" ]; then
+        SOURCE=$CACHE_DIR/$newest
+        VERSION=$(version_in "$SOURCE")
+        say "nginx $line: Debian's $version could not be downloaded; using the cached $newest (nginx $VERSION)"
+        return
+    fi
+    no_source "no source for nginx $version: not cached, and Debian's source package (${suite:-no suite}) could not be downloaded; pass --tarball PATH"
 }
 
-if [ -n "$TARBALL" ]; then
-    [ -f "$TARBALL" ] || die "--tarball $TARBALL: no such file"
-    say "nginx source: $TARBALL"
-    SOURCE=$TARBALL
-elif [ -f "$CACHED" ]; then
-    say "nginx source: $CACHED (cached)"
-    SOURCE=$CACHED
-else
-    say "nginx source: Debian's source package"
-    fetch_debian_source
-    SOURCE=$CACHED
-fi
-got=$(sha_of "$SOURCE")
-if [ "$got" != "$NGINX_SHA256" ]; then
-    die "$SOURCE: sha256 is $got, expected $NGINX_SHA256 (upstream nginx-$NGINX_VERSION.tar.gz); \
-remove it if it is a stale cached copy, or pass the right tarball"
-fi
-say "sha256 ok: $NGINX_SHA256"
-if [ "$SOURCE" != "$CACHED" ]; then
-    cp "$SOURCE" "$CACHED.tmp" && mv "$CACHED.tmp" "$CACHED"
-fi
-
 # --- 4. the two trees -------------------------------------------------------------------
-# Identical flags for both, so the only difference is the patch and the library: default
-# modules plus the stream module (so `listen ... reuseport` in stream{} is covered too).
-# -I include is given to both (harmless for stock) so that the compiler flags are the same.
-common_flags=(--with-stream "--with-cc-opt=-I$CACHE_DIR/include -O2 -g")
-# Only the patched nginx gets the library on its link line: stock nginx calls none of its
-# functions (the linker would pull nothing from the archive anyway), and the baseline must
-# stay exactly upstream nginx. Static library after nginx's objects (nginx's Makefile puts
-# --with-ld-opt there), then the system libraries rustc names for it.
-patched_ld="$LIB $(cat "$NATIVE_LIBS")"
+build_version() {
+    local req=$1 got known line
+    find_source "$req"
+    line=$(line_of "$VERSION")
+    got=$(sha_of "$SOURCE")
+    known=${WANT_SHA:-$(known_field "$VERSION" 4)}
+    if [ -n "$known" ]; then
+        [ "$got" = "$known" ] || die "$SOURCE: sha256 is $got, expected $known (upstream nginx-$VERSION.tar.gz); \
+remove it if it is a stale cached copy, or pass the right tarball"
+        say "sha256 ok: $got"
+    else
+        say "nginx $VERSION is not in this script's table: its tarball is used as given (sha256 $got)"
+    fi
+    CACHED=$CACHE_DIR/nginx_$VERSION.orig.tar.gz
+    if [ "$SOURCE" != "$CACHED" ]; then
+        cp "$SOURCE" "$CACHED.tmp" && mv "$CACHED.tmp" "$CACHED"
+    fi
+    HOOKS=$("$ROOT/scripts/nginx-patch.sh" --hooks "$VERSION") \
+        || die "no reuseport patch for nginx $VERSION (c-examples/nginx/hooks/): see docs/nginx.md, porting"
+    BUILD_DIR=$BUILD_ROOT/$VERSION
+    mkdir -p "$BUILD_DIR"
+    PATCH=$BUILD_DIR/nginx-$VERSION-reuseport.patch
+    "$ROOT/scripts/nginx-patch.sh" "$VERSION" >"$PATCH.tmp" && mv "$PATCH.tmp" "$PATCH"
 
-if [ ! -f "$PATCH" ]; then
-    cat >&2 <<EOF
-
-************************************************************************************
-* WARNING: $PATCH does not exist.
-* target/nginx-patched is built WITHOUT the patch: it is stock nginx (linked with the
-* library, which it does not call). Its scenarios test nothing of the library.
-************************************************************************************
-
-EOF
-fi
+    # Identical flags for both kinds, so the only difference is the patch and the library:
+    # default modules plus the stream module (so `listen ... reuseport` in stream{} is
+    # covered too) and, from 1.25 on, HTTP/3 (OpenSSL's QUIC compatibility layer with
+    # Debian 12's OpenSSL 3.0). -I include is given to both (harmless for stock) so that
+    # the compiler flags are the same.
+    common_flags=(--with-stream "--with-cc-opt=-I$CACHE_DIR/include -O2 -g")
+    case "$line" in
+        1.2[0-4]) ;;
+        *) common_flags+=(--with-http_ssl_module --with-http_v3_module) ;;
+    esac
+    # Only the patched nginx gets the library on its link line: stock nginx calls none of
+    # its functions, and the baseline must stay exactly upstream nginx. Static library after
+    # nginx's objects (nginx's Makefile puts --with-ld-opt there), then the system libraries
+    # rustc names for it.
+    patched_ld="$LIB $(cat "$NATIVE_LIBS")"
+    build_tree stock
+    build_tree patched
+}
 
 # What a tree's unpacked, patched and configured state depends on.
 source_stamp() {
     local kind=$1
     {
-        echo "nginx $NGINX_VERSION $NGINX_SHA256"
+        echo "nginx $VERSION $(sha_of "$SOURCE")"
         printf '%s\n' "${common_flags[@]}"
         if [ "$kind" = patched ]; then
             echo "ld: $patched_ld"
-            if [ -f "$PATCH" ]; then sha_of "$PATCH"; else echo "no patch"; fi
-            # Files beside the patch (sources it may copy in, a module config).
-            find "$PATCH_DIR" -maxdepth 1 -type f ! -name README.md ! -name '*.patch' -print0 2>/dev/null \
-                | sort -z | xargs -0 -r sha256sum
+            sha_of "$PATCH"
             sha_of "$HEADER"
         fi
     } | sha256sum | cut -d' ' -f1
 }
 
 build_tree() {
-    local kind=$1 src prefix stamp want relink=""
+    local kind=$1 src prefix stamp want relink="" configure
     src=$BUILD_DIR/$kind
-    prefix=$ROOT/target/nginx-$kind
+    prefix=$ROOT/target/nginx-$line-$kind
     stamp=$BUILD_DIR/$kind.stamp
     want="source $(source_stamp "$kind")"
     [ "$kind" = patched ] && want="$want
@@ -281,7 +277,7 @@ lib $(sha_of "$LIB")"
 
     if [ -f "$stamp" ] && [ -x "$prefix/sbin/nginx" ] && [ -d "$src/objs" ]; then
         if [ "$(cat "$stamp")" = "$want" ]; then
-            say "$kind: up to date ($prefix/sbin/nginx)"
+            say "$VERSION $kind: up to date ($prefix/sbin/nginx)"
             return
         fi
         if [ "$(head -n 1 "$stamp")" = "$(head -n 1 <<<"$want")" ]; then
@@ -293,36 +289,56 @@ lib $(sha_of "$LIB")"
     rm -rf "$prefix"
 
     if [ -n "$relink" ]; then
-        say "$kind: libreuseport.a changed: relinking"
+        say "$VERSION $kind: libreuseport.a changed: relinking"
         rm -f "$src/objs/nginx"
     else
-        say "$kind: unpacking into $src"
+        say "$VERSION $kind: unpacking into $src"
         rm -rf "$src"
         mkdir -p "$src"
         tar -xzf "$SOURCE" -C "$src" --strip-components=1
-        if [ "$kind" = patched ] && [ -f "$PATCH" ]; then
-            say "$kind: patch -p1 < ${PATCH#"$ROOT"/}"
-            (cd "$src" && patch -p1 --forward --batch < "$PATCH") || die "the patch does not apply to nginx $NGINX_VERSION"
+        if [ "$kind" = patched ]; then
+            say "$VERSION $kind: patch -p1 < ${PATCH#"$ROOT"/} (hooks: ${HOOKS#"$ROOT"/})"
+            (cd "$src" && patch -p1 --forward --batch < "$PATCH" >"$src/patch.log") \
+                || { cat "$src/patch.log" >&2; die "the patch does not apply to nginx $VERSION"; }
         fi
         local flags=(--prefix="$prefix" "${common_flags[@]}")
         [ "$kind" = patched ] && flags+=("--with-ld-opt=$patched_ld")
-        # A patch may come with a module of its own (c-examples/nginx/config).
-        [ "$kind" = patched ] && [ -f "$PATCH_DIR/config" ] && flags+=("--add-module=$PATCH_DIR")
-        say "$kind: ./configure ${flags[*]}"
-        (cd "$src" && ./configure "${flags[@]}" >"$src/configure.log" 2>&1) \
-            || { tail -n 30 "$src/configure.log" >&2; die "$kind: configure failed (log: $src/configure.log)"; }
+        # A release tarball has ./configure; a `git archive` of the repository auto/configure.
+        configure=./configure
+        [ -x "$src/configure" ] || configure=auto/configure
+        say "$VERSION $kind: $configure ${flags[*]}"
+        (cd "$src" && $configure "${flags[@]}" >"$src/configure.log" 2>&1) \
+            || { tail -n 30 "$src/configure.log" >&2; die "$VERSION $kind: configure failed (log: $src/configure.log)"; }
     fi
 
-    say "$kind: make -j$(nproc)"
+    say "$VERSION $kind: make -j$(nproc)"
     (cd "$src" && make -j"$(nproc)" >"$src/make.log" 2>&1) \
-        || { grep -E 'error|Error' "$src/make.log" | head -n 30 >&2; die "$kind: make failed (log: $src/make.log)"; }
-    say "$kind: make install -> $prefix"
-    (cd "$src" && make install >"$src/install.log" 2>&1) || die "$kind: make install failed (log: $src/install.log)"
-    [ -x "$prefix/sbin/nginx" ] || die "$kind: $prefix/sbin/nginx was not installed"
+        || { grep -E 'error|Error' "$src/make.log" | head -n 30 >&2; die "$VERSION $kind: make failed (log: $src/make.log)"; }
+    say "$VERSION $kind: make install -> $prefix"
+    (cd "$src" && make install >"$src/install.log" 2>&1) || die "$VERSION $kind: make install failed (log: $src/install.log)"
+    [ -x "$prefix/sbin/nginx" ] || die "$VERSION $kind: $prefix/sbin/nginx was not installed"
     echo "$want" >"$stamp"
     "$prefix/sbin/nginx" -V 2>&1 | sed -n "1s/^/    $kind: /p"
 }
 
-build_tree stock
-build_tree patched
-say "done: target/nginx-stock/sbin/nginx, target/nginx-patched/sbin/nginx"
+if [ ${#REQUESTED[@]} = 0 ]; then
+    if [ -n "$TARBALL" ]; then REQUESTED=(""); else read -r -a REQUESTED <<<"$DEFAULT_LINES"; fi
+fi
+[ -z "$TARBALL" ] || [ ${#REQUESTED[@]} = 1 ] || die "--tarball builds one version; give at most one"
+built=()
+for req in "${REQUESTED[@]}"; do
+    build_version "$req"
+    built+=("$VERSION")
+done
+# The 1.22 builds keep their historic paths (benchmarks and docs use them).
+if [ -x "$ROOT/target/nginx-1.22-stock/sbin/nginx" ]; then
+    for kind in stock patched; do
+        if [ -L "$ROOT/target/nginx-$kind" ] || [ ! -e "$ROOT/target/nginx-$kind" ]; then
+            ln -sfn "nginx-1.22-$kind" "$ROOT/target/nginx-$kind"
+        elif [ -d "$ROOT/target/nginx-$kind" ]; then # a build of this script's earlier layout
+            rm -rf "$ROOT/target/nginx-$kind"
+            ln -sfn "nginx-1.22-$kind" "$ROOT/target/nginx-$kind"
+        fi
+    done
+fi
+say "done: nginx ${built[*]}: target/nginx-<line>-stock and target/nginx-<line>-patched"

@@ -87,13 +87,18 @@ def arguments(scenarios):
     ng.add_argument("--prefix", required=True, help="target/nginx-stock or target/nginx-patched")
     ng.add_argument("--kind", choices=("stock", "patched"), help="default: from the prefix's name")
     ng.add_argument("--version", help="default: what sbin/nginx -v prints")
+    ng.add_argument("--to-prefix", help="the build an in-place upgrade adopts (the adopt_* scenarios)")
+    ng.add_argument("--to-kind", choices=("stock", "patched"), help="default: from the prefix's name")
+    ng.add_argument("--steering", choices=("on", "off"), default="on",
+                    help="off: the patched build runs with reuseport_health_threshold 0")
     return p.parse_args()
 
 
 def make_server(args, workdir):
     if args.server == "rpserver":
         return Rpserver(args.binary, workdir, args.strategy)
-    return Nginx(NginxBuild.at(args.prefix, args.kind, args.version), workdir)
+    to = NginxBuild.at(args.to_prefix, args.to_kind) if args.to_prefix else None
+    return Nginx(NginxBuild.at(args.prefix, args.kind, args.version), workdir, to, args.steering == "on")
 
 
 def summary(name, r, lost, slack):
@@ -182,11 +187,15 @@ def main():
     become_subreaper()
     workdir = tempfile.mkdtemp(prefix=f"e2e-{args.server}-{args.scenario}-")
     srv = make_server(args, workdir)
-    if sc.patched_only and not srv.strict:
+    if sc.patched_only and not (srv.strict or (srv.to_build and srv.to_build.kind == "patched")):
         print(f"SKIPPED: {args.scenario} tests the library's build only")
         shutil.rmtree(workdir, ignore_errors=True)
         return 77
     extra = f"strategy {args.strategy}" if args.server == "rpserver" else f"nginx {srv.build.version} {srv.label}"
+    if args.server == "nginx" and srv.to_build is not None:
+        extra += f" -> {srv.to_build.version} {srv.to_build.kind}"
+    if args.server == "nginx" and not srv.steering:
+        extra += ", steering off"
     name = f"{args.scenario} ({extra}, tcp_migrate_req={args.sysctl})"
     if not args.expect_zero:
         print(f"{name}: a baseline recording: the failures are counted, not judged")

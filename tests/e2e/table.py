@@ -41,32 +41,36 @@ def rpserver_table(records):
 
 
 def nginx_table(records):
+    """One row per scenario, nginx version, build (stock, patched, or an adoption's
+    "stock>patched"), steering and sysctl: the last run of each wins."""
     rows, sockets, checks = {}, {}, {}
     for r in records:
-        key = (r["scenario"], r["server"], r["tcp_migrate_req"])
+        key = (r["scenario"], r.get("nginx_version", "?"), r["server"],
+               r.get("steering", "on" if "patched" in r["server"] else "-"), r["tcp_migrate_req"])
         if "listen_sockets" in r:
             sockets[key] = r["listen_sockets"]
         elif r.get("checks_passed"):
             checks[key] = r
         else:
             rows[key] = r
-    versions = sorted({r["nginx_version"] for r in records if "nginx_version" in r})
-    if versions:
-        print(f"nginx {', '.join(versions)}\n")
-    print(head("scenario", "nginx", "tcp_migrate_req", *ROW_HEAD))
-    order = {"patched": 0, "stock": 1}
-    for (name, server, m), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9), -kv[0][2])):
-        print(markdown_row((name, server, m) + counts(r)))
+
+    def order(kv):
+        name, version, server, steering, m = kv[0]
+        return (name, version, {"patched": 0, "stock": 1}.get(server, 2), server, steering, -m)
+
+    print(head("scenario", "nginx version", "build", "steering", "tcp_migrate_req", *ROW_HEAD))
+    for key, r in sorted(rows.items(), key=order):
+        print(markdown_row(key) + " " + markdown_row(counts(r))[2:])
     if sockets:
         print()
-        print(head("nginx", "listen sockets held by the master", "by each worker"))
-        for (_, server, _), c in sorted(sockets.items(), key=lambda kv: order.get(kv[0][1], 9)):
-            print(markdown_row((server, c["master"], " ".join(map(str, c["workers"])))))
+        print(head("nginx version", "build", "listen sockets held by the master", "by each worker"))
+        for (_, version, server, _, _), c in sorted(sockets.items(), key=order):
+            print(markdown_row((version, server, c["master"], " ".join(map(str, c["workers"])))))
     if checks:
         print()
-        print(head("scenario (no load)", "nginx", "result"))
-        for (name, server, _) in sorted(checks, key=lambda k: (k[0], order.get(k[1], 9))):
-            print(markdown_row((name, server, "passed")))
+        print(head("scenario (no load)", "nginx version", "build", "result"))
+        for (name, version, server, _, _), _r in sorted(checks.items(), key=order):
+            print(markdown_row((name, version, server, "passed")))
 
 
 def main():

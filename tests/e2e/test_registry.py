@@ -24,7 +24,8 @@ class Registry(unittest.TestCase):
         lists = cmake_lists()
         long = lists["REUSEPORT_LONG_SCENARIOS"]
         self.rpserver = set(lists["REUSEPORT_SCENARIOS"] + lists["REUSEPORT_STALL_SCENARIOS"] + long)
-        self.nginx_both = set(lists["REUSEPORT_NGINX_SCENARIOS"] + long)
+        self.nginx_both = set(lists["REUSEPORT_NGINX_SCENARIOS"] + long + lists["REUSEPORT_NGINX_ADOPTION"]
+                              + lists["REUSEPORT_NGINX_QUIC"])
         self.nginx_patched = set(lists["REUSEPORT_NGINX_PATCHED_ONLY"])
         self.nginx_stock = set(lists["REUSEPORT_NGINX_STOCK_ONLY"])
 

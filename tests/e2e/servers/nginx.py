@@ -14,6 +14,7 @@ upgrade the new one) stays its descendant: nothing escapes the test, and it reap
 
 import grp
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -83,20 +84,32 @@ class Nginx(Adapter):
     name = "nginx"
     addresses = [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"]
 
-    def __init__(self, build, workdir):
+    def __init__(self, build, workdir, to_build=None, steering=True):
+        """to_build: the build an in-place upgrade adopts (swap_binary()): nginx then runs
+        from a copy of the binary in the work directory, as an installed nginx runs from
+        its path, and the upgrade replaces that file. steering False: the patched build
+        runs with `reuseport_health_threshold 0` (the library's migration program only)."""
         super().__init__()
-        self.build = build
-        self.binary = build.binary
-        self.label = build.kind
-        self.strict = build.kind == "patched"
+        self.build = self.first_build = build
+        self.to_build = to_build
+        self.steering = steering
         self.dir = workdir
         os.chmod(workdir, 0o755)  # workers run as nobody
+        self.binary = build.binary
+        # What differs between the builds' configs (the patch's directive), included from
+        # the main config so that a binary swap changes only this file.
+        self.build_conf = os.path.join(workdir, "build.conf") if to_build or not steering else None
+        if to_build is not None:
+            os.makedirs(os.path.join(workdir, "sbin"), exist_ok=True)
+            self.binary = os.path.join(workdir, "sbin", "nginx")
+        self.use_build(build)
         # nginx opens PREFIX/logs/error.log before reading the config (else it complains).
         os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
         self.conf = os.path.join(workdir, "nginx.conf")
         self.pid_path = os.path.join(workdir, "nginx.pid")
         self.log = os.path.join(workdir, "error.log")
         shutil.copy(os.path.join(build.prefix, "conf", "mime.types"), os.path.join(workdir, "mime.types"))
+        self.worker_user = "nobody"  # the `user` of the config (a scenario's own config may say another)
         self.listens = []
         self.plain = []  # listen addresses without reuseport: one socket, shared by all
         self.proc = None  # nginx run in the foreground (daemon off)
@@ -148,11 +161,13 @@ class Nginx(Adapter):
             f"worker_rlimit_nofile 10240;\n"
             f"worker_shutdown_timeout 10s;\n"
             f"{extra_main}"
-            f"events {{\n    worker_connections 4096;\n}}\n"
+            + (f"include {self.build_conf};\n" if self.build_conf else "")
+            + f"events {{\n    worker_connections 4096;\n}}\n"
             f"http {{\n"
             f"    include {self.dir}/mime.types;\n"
             f"    default_type text/plain;\n"
             f"    access_log off;\n"
+            f"{self.temp_paths()}"
             f"{extra_http}"
             f"{server_blocks}"
             f"}}\n")
@@ -163,6 +178,41 @@ class Nginx(Adapter):
         with open(self.conf + ".tmp", "w") as f:
             f.write(text)
         os.replace(self.conf + ".tmp", self.conf)
+
+    def use_build(self, build):
+        """Installs `build` where nginx runs from (the in-place upgrade's binary swap; a
+        running master keeps the binary it executed) with its part of the config; the
+        socket checks follow the build now in place."""
+        self.build = build
+        self.label = build.kind
+        self.strict = build.kind == "patched"
+        if self.binary != build.binary:
+            shutil.copy(build.binary, self.binary + ".new")
+            os.replace(self.binary + ".new", self.binary)
+        if self.build_conf:
+            text = "reuseport_health_threshold 0;\n" if build.kind == "patched" and not self.steering else ""
+            with open(self.build_conf, "w") as f:
+                f.write(f"# {build.kind} nginx {build.version}\n{text}")
+
+    def swap_binary(self):
+        """Replaces the binary with the upgrade's (to_build), as a user does before USR2."""
+        check(self.to_build is not None, "no build to upgrade to (--to-prefix)")
+        self.timeline.append((time.monotonic(), f"binary replaced by {self.to_build.kind} {self.to_build.version}"))
+        self.use_build(self.to_build)
+
+    def restore_binary(self):
+        """Puts the first binary back, as a user does when reverting an upgrade."""
+        self.use_build(self.first_build)
+
+    def temp_paths(self):
+        """A distribution's build (Debian's) has absolute temp paths compiled in
+        (/var/lib/nginx/body...): they go to the work directory instead."""
+        out = subprocess.run([self.build.binary, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, timeout=10).stdout
+        if "--http-client-body-temp-path=/" not in out:
+            return ""
+        return "".join(f"    {d}_temp_path {self.dir}/{d};\n"
+                       for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 
     @property
     def ports(self):
@@ -359,8 +409,10 @@ class Nginx(Adapter):
         check(len(workers) == self.workers, f"master {master} runs {len(workers)} workers, expected {self.workers}")
         if os.getuid() == 0:
             check(procfs.uid_of(master) == 0, f"master {master} runs as uid {procfs.uid_of(master)}")
+            uid = pwd.getpwnam(self.worker_user).pw_uid
             for pid in workers:
-                check(procfs.uid_of(pid) == 65534, f"worker {pid} runs as uid {procfs.uid_of(pid)}, not nobody")
+                check(procfs.uid_of(pid) == uid,
+                      f"worker {pid} runs as uid {procfs.uid_of(pid)}, not {self.worker_user}")
         listening = procfs.listeners()
         print(f"  {self.label}: {self.describe_sockets(master, listening)}", flush=True)
         if self.plain:
@@ -384,7 +436,13 @@ class Nginx(Adapter):
         pass
 
     def record_fields(self):
-        return {"server": self.build.kind, "nginx_version": self.build.version}
+        fields = {"server": self.build.kind, "nginx_version": self.build.version}
+        if self.to_build is not None:
+            fields.update(server=f"{self.first_build.kind}>{self.to_build.kind}",
+                          nginx_version=f"{self.first_build.version}>{self.to_build.version}")
+        if not self.steering:
+            fields["steering"] = "off"
+        return fields
 
     # -- the end --
 
@@ -398,6 +456,15 @@ class Nginx(Adapter):
             except (OSError, subprocess.TimeoutExpired):
                 pass
         stop_all(self.known_masters(), self.binary, "nginx")
+        if self.to_build is not None:
+            # a master of a replaced binary runs "sbin/nginx (deleted)": not the file now there
+            for pid in procfs.descendants_of(os.getpid()):
+                try:
+                    if os.readlink(f"/proc/{pid}/exe").startswith(self.binary):
+                        os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            reap("nginx")
 
     def log_lines(self):
         """The error log's lines so far (none before it exists)."""
