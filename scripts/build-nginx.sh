@@ -147,7 +147,9 @@ version_in() {
 fetch_debian_source() {
     local version=$1 suite=$2 tmp v
     command -v apt-get >/dev/null 2>&1 || return 1
-    private_apt_update "$suite" || return 1
+    # One list for every suite of the table: one update serves all the versions.
+    # shellcheck disable=SC2046 # one suite per word
+    private_apt_update $(awk 'NF == 4 { print $3 }' <<<"$KNOWN" | sort -u) || return 1
     tmp=$(private_apt_tmpdir)
     for v in $(private_apt_source_versions nginx); do
         case "$v" in

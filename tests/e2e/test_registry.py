@@ -27,6 +27,8 @@ class Registry(unittest.TestCase):
         self.nginx_both = set(lists["REUSEPORT_NGINX_SCENARIOS"] + long + lists["REUSEPORT_NGINX_ADOPTION"]
                               + lists["REUSEPORT_NGINX_QUIC"])
         self.nginx_patched = set(lists["REUSEPORT_NGINX_PATCHED_ONLY"])
+        # the Debian package's (patched only): debian_conf is registered there alone
+        self.nginx_patched |= set(lists["REUSEPORT_NGINX_DEB_SCENARIOS"])
         self.nginx_stock = set(lists["REUSEPORT_NGINX_STOCK_ONLY"])
 
     def test_every_registered_scenario_applies_to_its_server(self):
@@ -42,6 +44,12 @@ class Registry(unittest.TestCase):
                 self.assertIn(name, self.rpserver, f"{name} is not registered for rpserver")
             if "nginx" in sc.servers:
                 self.assertIn(name, nginx, f"{name} is not registered for nginx")
+
+    def test_debian_package_scenarios_apply_to_nginx(self):
+        deb = cmake_lists()["REUSEPORT_NGINX_DEB_SCENARIOS"]
+        self.assertIn("debian_conf", deb)
+        for name in deb:
+            self.assertIn("nginx", self.scenarios[name].servers, name)
 
     def test_patched_only_scenarios_are_not_registered_for_stock(self):
         for name, sc in self.scenarios.items():
