@@ -6,7 +6,9 @@ Markdown tables; the last run of each scenario wins.
   python3 -m e2e.table nginx build/nginx-results.jsonl
       scenario x build (stock, patched) x tcp_migrate_req -> the same; then the listen
       sockets each process holds (the `sockets` scenario), then the scenarios without load
-      that passed"""
+      that passed
+  python3 -m e2e.table nginx-versions build/nginx-results.jsonl
+      scenario x (nginx version, build) -> failed of requests [in flight at death]"""
 
 import json
 import sys
@@ -73,8 +75,30 @@ def nginx_table(records):
             print(markdown_row((name, version, server, "passed")))
 
 
+def failed(r):
+    return r["requests"] - r["ok"]
+
+
+def nginx_versions_table(records):
+    """Scenario x (version, build): "failed of requests" (in flight at death in brackets
+    when workers were killed or fast-stopped); adoption runs (builds "a>b") and runs with
+    steering off are left to nginx_table."""
+    cells, columns = {}, set()
+    for r in records:
+        if "requests" not in r or ">" in r["server"] or r.get("steering") == "off":
+            continue
+        col = (r["nginx_version"], r["server"])
+        columns.add(col)
+        dead = f" [{r['in_flight_at_death']}]" if r.get("in_flight_at_death") else ""
+        cells[(r["scenario"], col)] = f"{failed(r)} of {r['requests']}{dead}"
+    cols = sorted(columns, key=lambda c: (c[0].split(".")[:2], c[0], c[1] != "patched"))
+    print(head("scenario", *(f"{v} {k}" for v, k in cols)))
+    for name in sorted({n for n, _ in cells}):
+        print(markdown_row((name, *(cells.get((name, c), "") for c in cols))))
+
+
 def main():
-    tables = {"rpserver": rpserver_table, "nginx": nginx_table}
+    tables = {"rpserver": rpserver_table, "nginx": nginx_table, "nginx-versions": nginx_versions_table}
     if len(sys.argv) != 3 or sys.argv[1] not in tables:
         print(__doc__, file=sys.stderr)
         return 2

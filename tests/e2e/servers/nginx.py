@@ -437,6 +437,8 @@ class Nginx(Adapter):
 
     def record_fields(self):
         fields = {"server": self.build.kind, "nginx_version": self.build.version}
+        if os.path.basename(self.build.prefix).startswith("nginx-deb"):
+            fields["nginx_version"] += " deb"  # Debian's package (scripts/build-nginx-deb.sh)
         if self.to_build is not None:
             fields.update(server=f"{self.first_build.kind}>{self.to_build.kind}",
                           nginx_version=f"{self.first_build.version}>{self.to_build.version}")
