@@ -280,7 +280,9 @@ impl Retirement {
                         },
                     };
                     if now < gap {
-                        return Progress::Again(gap - now);
+                        // With a taker, come back often to accept what still lands here.
+                        let wait = if hand_over.is_some() { (gap - now).min(RECHECK) } else { gap - now };
+                        return Progress::Again(wait);
                     }
                     self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
                 }
