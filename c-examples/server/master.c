@@ -138,7 +138,8 @@ static reuseport_set *build_set(const rp_config *c)
     reuseport_set *s = reuseport_set_new();
     if (s && (reuseport_set_strategy(s, c->strategy) < 0
               || reuseport_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0
-              || reuseport_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0)) {
+              || reuseport_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0
+              || reuseport_set_max_workers(s, (unsigned)c->worker_processes) < 0)) {
         reuseport_set_free(s);
         return NULL;
     }

@@ -55,6 +55,10 @@ int rp_config_load(rp_config *cf, const char *path, char *err, size_t errlen);
 void rp_config_defaults(rp_config *cf);
 
 /* log.c */
+/* slow.c: /block?ms=N and /spin?ms=N hold the worker for N ms. Returns 1 when `target`
+ * (len bytes) was one of them (done), 0 when not, -1 when malformed. */
+int rp_slow_request(const char *target, size_t len);
+
 void rp_log_open(const char *path);
 void rp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void rp_log_library(int level, const char *message, void *user);
