@@ -106,8 +106,10 @@ static void spawn_worker(void)
     }
     workers[n_workers++] = (worker){ .pid = pid, .generation = generation, .slot = slot };
     rp_log("event=spawn pid=%d gen=%u role=%s", (int)pid, generation, first ? "adopt" : "bind");
-    /* Failures are already in the log: the library reports them through rp_log_library. */
-    if (first)
+    /* Failures are already in the log: the library reports them through rp_log_library.
+     * With shared_socket on, every worker of the generation adopts the master's socket
+     * (one accept queue for all, a benchmark baseline); start_generation() releases. */
+    if (first && !cf.shared_socket)
         reuseport_master_release(set);
 }
 
@@ -192,6 +194,8 @@ static int start_generation(void)
     }
     for (int i = 0; i < cf.worker_processes; i++)
         spawn_worker();
+    if (cf.shared_socket)
+        reuseport_master_release(set);
     rp_log("event=generation gen=%u workers=%d listeners=%d", generation, cf.worker_processes, reuseport_set_count(set));
     return 0;
 }

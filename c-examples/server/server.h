@@ -33,6 +33,7 @@ typedef struct {
     int drain_grace_ms, drain_max_ms;
     unsigned drain_flags;     /* REUSEPORT_DRAIN_KEEP_BACKLOG or 0 */
     int health_threshold_ms;  /* steer around a worker not accepting for this long; 0: off */
+    int shared_socket;        /* benchmark baseline: every worker adopts the master's one socket */
 } rp_config;
 
 /* Per-worker counters in memory shared with the master (MAP_SHARED before fork), so the

@@ -85,10 +85,6 @@ impl Asm {
     pub(crate) fn alu64(&mut self, op: u8, dst: Reg, src: Reg) {
         self.emit(ALU64 | op | SRC_X, dst, src, 0, 0);
     }
-    /// dst (32 bits, upper half cleared) op= imm.
-    pub(crate) fn alu32_imm(&mut self, op: u8, dst: Reg, imm: i32) {
-        self.emit(ALU32 | op, dst, 0, 0, imm);
-    }
     /// dst (32 bits, upper half cleared) op= src.
     pub(crate) fn alu32(&mut self, op: u8, dst: Reg, src: Reg) {
         self.emit(ALU32 | op | SRC_X, dst, src, 0, 0);
@@ -97,6 +93,11 @@ impl Asm {
     pub(crate) fn jump_imm(&mut self, op: u8, dst: Reg, imm: i32, to: Label) {
         self.fixups.push((self.insns.len(), to.0));
         self.emit(JMP | op, dst, 0, 0, imm);
+    }
+    /// if (dst op src) goto to, 64-bit compare.
+    pub(crate) fn jump(&mut self, op: u8, dst: Reg, src: Reg, to: Label) {
+        self.fixups.push((self.insns.len(), to.0));
+        self.emit(JMP | op | SRC_X, dst, src, 0, 0);
     }
     /// if (dst op src) goto to, 32-bit compare.
     pub(crate) fn jump32(&mut self, op: u8, dst: Reg, src: Reg, to: Label) {

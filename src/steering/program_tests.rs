@@ -132,20 +132,20 @@ fn a_slot_that_just_left_but_is_still_listed_is_skipped() {
 }
 
 #[test]
-fn a_gone_socket_falls_back_to_the_other_candidate_then_to_the_kernel() {
+fn a_gone_socket_leaves_the_connection_to_the_kernel() {
     let rig = Rig::new(64, 4);
     let gone = |s: u32| s != 1;
-    let mut second = 0;
+    let mut passed = 0;
     for h in 0..2000 {
         let r = rig.run_with(hash(h), &gone);
         assert_ne!(r.selected, Some(1));
-        assert!(r.select_calls <= 2, "a bounded retry");
-        second += (r.select_calls == 2) as u32;
+        assert_eq!(r.select_calls, 1, "one attempt");
+        passed += r.selected.is_none() as u32;
     }
-    assert!(second > 200, "the first choice was the gone one about a quarter of the time: {second}");
-    let r = rig.run_with(hash(7), &|_| false);
-    assert_eq!((r.selected, r.select_calls), (None, 2), "neither there: the kernel's hash");
-    assert_eq!(rig.table.passed().load(Ordering::Relaxed), 1);
+    // It is a candidate in two of the four neighbour pairs and, getting nothing, always
+    // the less loaded: about half go to the kernel's hash until its slot is freed.
+    assert!(passed > 700 && passed < 1300, "{passed}");
+    assert_eq!(rig.table.passed().load(Ordering::Relaxed), passed, "counted as left to the kernel");
 }
 
 #[test]
