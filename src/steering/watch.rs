@@ -35,10 +35,11 @@
 //! so a tick knows from memory alone whether anything arrived since the last one. The
 //! queues (one sock_diag query per address family) are read only when one may matter:
 //! connections arrived and some worker's heartbeat stood still over the tick (a stall
-//! candidate), or a queue was not empty at the last reading, or every second tick under
-//! traffic (the overload rule), or once a second otherwise (sockets that stopped listening
-//! without retiring). Whether a worker still lives (kill(pid, 0)) is asked only of slots
-//! whose heartbeat stands still, at most once a threshold. After a second without any
+//! candidate: connections were sent to it since its last heartbeat, which has not moved
+//! over the tick), or a queue was not empty at the last reading, or every fourth tick
+//! under traffic (the overload rule), or once a second otherwise (sockets that stopped
+//! listening without retiring). Whether a worker still lives (kill(pid, 0)) is asked only
+//! of slots whose heartbeat stands still, at most once a second. After a second without any
 //! arrival and with every queue empty, the watch asks to be called again in a second
 //! instead of a quarter threshold: an idle master wakes once a second. The first
 //! connections after such a pause may thus find a stalled worker judged up to a second
@@ -60,8 +61,12 @@ use crate::sys::{diag, procfs};
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(1);
 /// The tick of an idle group.
 pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
-/// The queues are read at least this often (sockets that stopped listening are freed).
+/// The queues are read at least this often (sockets that stopped listening are freed),
+/// and whether still workers live is asked this often.
 const DIAG_AT_LEAST: Duration = Duration::from_secs(1);
+/// Under traffic without a stall candidate, the queues are read every this many ticks
+/// (the overload rule counts growth over those readings).
+const OVERLOAD_EVERY: u32 = 4;
 
 /// What the watch remembers of a group between ticks.
 #[derive(Debug, Default)]
@@ -99,16 +104,20 @@ impl WatchState {
         } else {
             self.quiet_since.get_or_insert(now);
         }
-        let still = (0..high).any(|i| {
+        // A stall candidate: connections were sent to it since its last heartbeat, and
+        // that heartbeat has not moved since the last tick. An idle worker (nothing sent
+        // since it last looked) is not one, however still.
+        let candidate = (0..high).any(|i| {
             let f = t.flags(i).load(Ordering::Acquire);
             let beats = t.beats(i).load(Ordering::Relaxed);
             f & FLAG_CLAIMED != 0
                 && f & FLAG_RETIRING == 0
                 && beats != 0
+                && t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed)
                 && self.slots.get(i).is_none_or(|m| m.last_beats() == beats)
         });
         let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
-        (self.moved && (still || self.ticks_since_diag >= 1)) || self.any_queue || due
+        (self.moved && (candidate || self.ticks_since_diag >= OVERLOAD_EVERY)) || self.any_queue || due
     }
 
     /// When the group wants the next tick.
@@ -155,7 +164,7 @@ impl WatchState {
         } else {
             st.ticks_since_diag += 1;
         }
-        let check_alive = st.last_alive_check.is_none_or(|at| now - at >= threshold);
+        let check_alive = st.last_alive_check.is_none_or(|at| now - at >= DIAG_AT_LEAST.max(threshold));
         if check_alive {
             st.last_alive_check = Some(now);
             forget_dead_unlisted(s);
