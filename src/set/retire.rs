@@ -294,9 +294,6 @@ impl Retirement {
                     self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
                 }
                 Phase::WaitingTurn { since, close } => {
-                    if let Some(h) = hand_over.as_deref_mut() {
-                        self.handed_over += accept_queued(listeners, h);
-                    }
                     // Steered sockets that each have an eligible sibling need no turn: the
                     // program sends what they hold, queued or half-open, to an eligible
                     // member only, never to one that is leaving.
@@ -305,6 +302,11 @@ impl Retirement {
                     if needs_turn && !got && self.close_token.is_some() {
                         let left = (since + TURN_PATIENCE).saturating_duration_since(now);
                         if !left.is_zero() {
+                            // Kept waiting: serve what lands meanwhile. With the turn free,
+                            // the close comes first and the queue migrates.
+                            if let Some(h) = hand_over.as_deref_mut() {
+                                self.handed_over += accept_queued(listeners, h);
+                            }
                             return Progress::Again(left.min(RECHECK));
                         }
                         log::emit(
