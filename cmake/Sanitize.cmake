@@ -51,8 +51,9 @@ function(reuseport_sanitizer_fixture)
     return()
   endif()
   set(r ${REUSEPORT_SANITIZER_REPORTS})
+  # World-writable (sticky): workers that dropped to nobody write their reports there too.
   add_test(NAME sanitizer_reports_clear
-    COMMAND ${CMAKE_COMMAND} -E rm -rf ${r})
+    COMMAND sh -c "rm -rf ${r} && mkdir -m 1777 ${r}")
   add_test(NAME sanitizer_reports
     COMMAND sh -c "if ls ${r}/* >/dev/null 2>&1; then head -n 60 ${r}/*; echo 'FAILED: sanitizer reports above (${r})'; exit 1; fi; echo 'no sanitizer report'")
   set_tests_properties(sanitizer_reports_clear PROPERTIES FIXTURES_SETUP sanitizer_reports LABELS sanitize)

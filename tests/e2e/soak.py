@@ -65,15 +65,12 @@ class Soak:
         self.records, self.errors = [], []
         self.history = soak_checks.History(srv.name)
 
-    def run(self, deadline):
+    def run(self, windows):
         try:
             self.srv.configure(2, self.srv.listens)
             self.srv.start()
-            window = 0
-            while time.monotonic() < deadline - 1:
-                window += 1
-                end = min(deadline, time.monotonic() + self.args.window)
-                self.one_window(window, end)
+            for window in range(1, windows + 1):
+                self.one_window(window, time.monotonic() + self.args.window)
         except Exception as e:  # a Failure, or a bug: either way this server's soak failed
             self.errors.append(f"{self.srv.label}: {e if isinstance(e, Failure) else traceback.format_exc()}")
 
@@ -103,7 +100,7 @@ class Soak:
 def srv_load(srv, args):
     from prefork.load import Load
     return Load(args.client, srv.dir, srv.listens, concurrency=32, rate=args.rate, timeout_ms=3000,
-                duration=int(args.window) + 600, quiet=True)
+                duration=min(600, int(args.window) + 300), quiet=True)
 
 
 def make_servers(args, workdir):
@@ -149,8 +146,8 @@ def main():
     lock = threading.Lock()
     soaks = [Soak(s, args, seed, lock) for s in servers]
     args.t0 = time.monotonic()
-    deadline = args.t0 + args.minutes * 60
-    threads = [threading.Thread(target=s.run, args=(deadline,), name=s.srv.label) for s in soaks]
+    windows = max(1, round(args.minutes * 60 / args.window))
+    threads = [threading.Thread(target=s.run, args=(windows,), name=s.srv.label) for s in soaks]
     for t in threads:
         t.start()
     for t in threads:
