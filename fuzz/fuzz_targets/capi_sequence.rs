@@ -43,7 +43,12 @@ extern "C" {
     fn reuseport_role_name(role: c_int) -> *const c_char;
     fn reuseport_version() -> *const c_char;
     fn reuseport_listen_options_init(opts: *mut c_void, sz: usize) -> c_int;
-    fn reuseport_set_add_addr(set: *mut Set, addr: *const libc::sockaddr, len: libc::socklen_t, opts: *const c_void) -> c_int;
+    fn reuseport_set_add_addr(
+        set: *mut Set,
+        addr: *const libc::sockaddr,
+        len: libc::socklen_t,
+        opts: *const c_void,
+    ) -> c_int;
     fn reuseport_set_inherit(next: *mut Set, prev: *const Set) -> c_int;
     fn reuseport_master_open(set: *mut Set) -> c_int;
     fn reuseport_master_release(set: *mut Set) -> c_int;
@@ -57,7 +62,13 @@ extern "C" {
     fn reuseport_heartbeat(set: *const Set) -> c_int;
     fn reuseport_watch(set: *const Set) -> c_int;
     fn reuseport_listener_is_steered(set: *const Set, index: usize) -> c_int;
-    fn reuseport_listener_get_slots(set: *const Set, index: usize, out: *mut c_void, cap: usize, slot_size: usize) -> c_int;
+    fn reuseport_listener_get_slots(
+        set: *const Set,
+        index: usize,
+        out: *mut c_void,
+        cap: usize,
+        slot_size: usize,
+    ) -> c_int;
     fn reuseport_master_reclaim(set: *const Set) -> c_int;
     fn reuseport_set_set_strategy(set: *mut Set, strategy: c_int) -> c_int;
     fn reuseport_listener_get_strategy(set: *const Set, index: usize) -> c_int;
@@ -324,7 +335,15 @@ fn options(size: OptsSize, fields: Option<OptFields>) -> [u64; BUF / 8] {
     assert_eq!(unsafe { reuseport_listen_options_init(p, exact) }, 0);
     if let Some(f) = fields {
         let ints = [
-            f.backlog, f.rcvbuf, f.sndbuf, f.deferred, f.fastopen, f.keepalive, f.keepidle, f.keepintvl, f.keepcnt,
+            f.backlog,
+            f.rcvbuf,
+            f.sndbuf,
+            f.deferred,
+            f.fastopen,
+            f.keepalive,
+            f.keepidle,
+            f.keepintvl,
+            f.keepcnt,
             f.ipv6only,
         ];
         // SAFETY: the ten ints follow the size_t inside buf.
@@ -466,7 +485,10 @@ fn step(sets: &mut Sets, op: &Op) {
                 checked("reuseport_set_set_strategy", reuseport_set_set_strategy(sets.pick(*i), *s % 7));
             }
             Op::GetStrategy(i, k) => {
-                checked("reuseport_listener_get_strategy", reuseport_listener_get_strategy(sets.pick(*i), *k as usize % 5));
+                checked(
+                    "reuseport_listener_get_strategy",
+                    reuseport_listener_get_strategy(sets.pick(*i), *k as usize % 5),
+                );
             }
             Op::StrategyName(s) => static_str(reuseport_strategy_name(*s), "reuseport_strategy_name"),
             Op::StrategyParse(name) => {

@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert_eq!(e.errno(), libc::EINVAL, "{text:?}: {e}");
             assert!(e.message().starts_with("invalid listen spec \""), "{text:?}: {}", e.message());
-            assert!(e.message().len() > "invalid listen spec \"\": ".len() + text.len().min(1), "{text:?}: {}", e.message());
+            assert!(
+                e.message().len() > "invalid listen spec \"\": ".len() + text.len().min(1),
+                "{text:?}: {}",
+                e.message()
+            );
         }
         Ok(parsed) => {
             let Some(canonical) = parsed.canonical.as_deref() else { return };

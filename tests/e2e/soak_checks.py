@@ -38,7 +38,8 @@ def judge_losses(srv, result, mark):
 
 
 def counts(result):
-    return {"requests": result["requests"], "ok": result["ok"], "failed": verdict.failed_of(result)}
+    return {"requests": result["requests"], "ok": result["ok"], "failed": verdict.failed_of(result),
+            **{k: result[k] for k in ("refused", "reset", "timeout", "other")}}
 
 
 def rss_kib(pid):
@@ -134,7 +135,8 @@ class History:
 def describe(r):
     events = " ".join(f"{k}={v}" for k, v in sorted(r["events"].items()))
     return (f"soak {r['server']} window {r['window']} (t={r['t_s']:.0f}s): {r['requests']} requests, "
-            f"{r['failed']} failed ({r['unexcused']} unexcused); master {r['master']} fds={r['master_fds']} "
+            f"{r['failed']} failed ({r['unexcused']} unexcused; refused={r['refused']} reset={r['reset']} "
+            f"timeout={r['timeout']} other={r['other']}); master {r['master']} fds={r['master_fds']} "
             f"rss={r['master_rss_kib']}KiB; {r['workers']} workers fds<={r['worker_fds_max']} "
             f"rss<={r['worker_rss_kib_max']}KiB; processes={r['processes']} listen={r['listen_sockets']} "
             f"bpf progs={r['bpf_progs']} maps={r['bpf_maps']}; events: {events}"

@@ -22,6 +22,10 @@ EVENTS = (
     ("stall", 2),
 )
 MAX_BURST = 10  # HUPs in a burst, 100 ms apart: up to 10 reloads a second
+# Killing or stopping a worker is judged against its siblings taking over: with a single
+# worker there are none (its queue has nowhere to go; a stopped one's overflows), so these
+# are drawn only while the server runs two workers or more.
+NEEDS_SIBLINGS = {"kill9", "stall"}
 MAX_STALL_S = 2.0  # below the load's 3 s timeout: a stopped worker's connections wait, none fails
 GAP_S = (0.2, 1.5)  # between events
 
@@ -44,6 +48,8 @@ class Schedule:
         names, weights = zip(*EVENTS)
         while time.monotonic() < end - 3:
             event = self.rng.choices(names, weights)[0]
+            if event in NEEDS_SIBLINGS and self.srv.workers < 2:
+                continue
             getattr(self, event)()
             done[event] = done.get(event, 0) + 1
             time.sleep(min(self.rng.uniform(*GAP_S), max(0, end - time.monotonic())))
