@@ -7,7 +7,7 @@
 # master's and workers' fds and RSS, no process or listener left after the stop, the
 # kernel's reuseport BPF programs and maps back to where they started.
 #
-#   scripts/soak.sh --minutes 30 [--seed S] [--out soak.jsonl] [--only rpserver|nginx]
+#   scripts/soak.sh --minutes 30 [--seed S] [--out soak.jsonl] [--only rpserver|nginx] [--keep-going]
 #
 # Builds what is missing first (scripts/build.sh, scripts/build-nginx.sh). CI runs 2
 # minutes (ctest -R soak). docs/benchmarks.md reports a 30-minute run.
@@ -24,7 +24,8 @@ while [ $# -gt 0 ]; do
         --out) extra+=(--out "$(realpath -m "$2")"); shift 2 ;;
         --seed|--rate|--window) extra+=("$1" "$2"); shift 2 ;;
         --only) only=$2; shift 2 ;;
-        *) echo "usage: $0 --minutes N [--seed S] [--out FILE] [--rate N] [--window S] [--only rpserver|nginx]" >&2
+        --keep-going) extra+=(--keep-going); shift ;;
+        *) echo "usage: $0 --minutes N [--seed S] [--out FILE] [--rate N] [--window S] [--only rpserver|nginx] [--keep-going]" >&2
            exit 2 ;;
     esac
 done

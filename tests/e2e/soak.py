@@ -53,6 +53,8 @@ def arguments():
     p.add_argument("--rate", type=int, default=1500, help="new connections per second, per server")
     p.add_argument("--window", type=float, default=60, help="seconds between checks")
     p.add_argument("--out", help="append one JSON line per server and window to this file")
+    p.add_argument("--keep-going", action="store_true",
+                   help="record a window's problems and go on (the run still fails at the end)")
     return p.parse_args()
 
 
@@ -94,7 +96,9 @@ class Soak:
             with self.out_lock, open(self.args.out, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if problems:
-            raise Failure(f"window {window}: " + "; ".join(problems))
+            if not self.args.keep_going:
+                raise Failure(f"window {window}: " + "; ".join(problems))
+            self.errors.append(f"{srv.label}: window {window}: " + "; ".join(problems))
 
 
 def srv_load(srv, args):
