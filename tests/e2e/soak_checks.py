@@ -101,10 +101,12 @@ def sample(srv, master):
 
 
 class History:
-    """The windows of one server; add() returns what does not hold."""
+    """The windows of one server; add() returns what does not hold. Each window is
+    compared with the first one that ran as many workers: an nginx master holds a channel
+    per worker, and each nginx worker one per sibling."""
 
     def __init__(self, name):
-        self.name, self.first = name, None
+        self.name, self.first = name, {}
 
     def add(self, r):
         problems = []
@@ -118,10 +120,9 @@ class History:
         want(r["listen_sockets"] == r["workers"] * r["addresses"],
              f"{r['listen_sockets']} listen sockets on its ports, expected {r['workers']} workers x "
              f"{r['addresses']} addresses (the master holds none)")
-        if self.first is None:
-            self.first = r
+        f = self.first.setdefault(r["workers"], r)
+        if f is r:
             return problems
-        f = self.first
         for key in ("master_fds", "worker_fds_max"):
             want(r[key] <= f[key] + FD_SLACK, f"{key} grew from {f[key]} to {r[key]}")
         for key in ("master_rss_kib", "worker_rss_kib_max"):
