@@ -75,6 +75,8 @@ class Soak:
                 self.one_window(window, time.monotonic() + self.args.window)
         except Exception as e:  # a Failure, or a bug: either way this server's soak failed
             self.errors.append(f"{self.srv.label}: {e if isinstance(e, Failure) else traceback.format_exc()}")
+            # Said at once: the other server's soak goes on to the end.
+            print(f"soak {self.srv.label}: stopped: {self.errors[-1]}", flush=True)
 
     def one_window(self, window, end):
         srv = self.srv
