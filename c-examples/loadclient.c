@@ -68,6 +68,11 @@
 
 static const char REQUEST[] = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 #define REQUEST_LEN (sizeof(REQUEST) - 1)
+/* --slow-every N --slow-path P: every Nth request asks for P instead of "/" (a mix of
+ * cheap and slow requests, e.g. rpserver's /block?ms=20). */
+static unsigned long long slow_every;
+static char slow_request[512];
+static size_t slow_request_len;
 
 /* ------------------------------------------------------------------------ */
 /* Types                                                                    */
@@ -89,7 +94,8 @@ struct slot {
     enum state state;
     unsigned target;
     int64_t start_ns;      /* when the request was started (before socket()) */
-    size_t sent;           /* bytes of REQUEST sent                           */
+    size_t sent;           /* bytes of the request sent                       */
+    bool slow;             /* asks for --slow-path                            */
     size_t have;           /* bytes kept in buf                               */
     size_t header_len;     /* 0 until the header end was seen                 */
     int status;            /* HTTP status, 0 until parsed                     */
@@ -219,6 +225,8 @@ static void usage(FILE *out) {
         "      --timeline MS     count ok completions per MS-wide bucket of completion\n"
         "                        time since the start (JSON \"timeline\"; 0 = off, the\n"
         "                        default; max %ld)\n"
+        "      --slow-every N    every Nth request asks for --slow-path instead of /\n"
+        "      --slow-path PATH  e.g. \"/block?ms=20\" (rpserver's slow requests)\n"
         "      --until-file PATH also stop starting requests once PATH exists\n"
         "                        (polled at most every 50 ms)\n"
         "  -j, --json            print a JSON object instead of the one-line summary\n"
@@ -541,6 +549,7 @@ static bool start_request(int64_t now, bool *local_error) {
     s->target = ti;
     s->start_ns = now;
     s->sent = s->have = s->header_len = 0;
+    s->slow = slow_every && started % slow_every == 0;
     s->status = 0;
     s->content_len = -1;
     s->body_bytes = 0;
@@ -669,8 +678,10 @@ static void finish_response(int i, int64_t now) {
 
 static void do_send(int i, int64_t now) {
     struct slot *s = &slots[i];
-    while (s->sent < REQUEST_LEN) {
-        ssize_t n = send(s->fd, REQUEST + s->sent, REQUEST_LEN - s->sent, MSG_NOSIGNAL);
+    const char *req = s->slow ? slow_request : REQUEST;
+    size_t req_len = s->slow ? slow_request_len : REQUEST_LEN;
+    while (s->sent < req_len) {
+        ssize_t n = send(s->fd, req + s->sent, req_len - s->sent, MSG_NOSIGNAL);
         if (n < 0) {
             int e = errno;
             if (e == EINTR)
@@ -844,6 +855,8 @@ int main(int argc, char **argv) {
         {"quiet-errors", no_argument, NULL, 'q'},
         {"until-file", required_argument, NULL, 'U'},
         {"timeline", required_argument, NULL, 'T'},
+        {"slow-every", required_argument, NULL, 'S'},
+        {"slow-path", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -893,6 +906,22 @@ int main(int argc, char **argv) {
             }
             timeout_ms = (long)v;
             break;
+        case 'S':
+            if (!parse_u64(optarg, 1, ULLONG_MAX, &slow_every)) {
+                fprintf(stderr, "loadclient: bad --slow-every '%s' (>= 1)\n", optarg);
+                return 2;
+            }
+            break;
+        case 'P': {
+            int n = snprintf(slow_request, sizeof slow_request,
+                             "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", optarg);
+            if (optarg[0] != '/' || n < 0 || (size_t)n >= sizeof slow_request) {
+                fprintf(stderr, "loadclient: bad --slow-path '%s' (a path starting with /)\n", optarg);
+                return 2;
+            }
+            slow_request_len = (size_t)n;
+            break;
+        }
         case 'j':
             json = true;
             break;
@@ -918,6 +947,10 @@ int main(int argc, char **argv) {
             usage(stderr);
             return 2;
         }
+    }
+    if (slow_every && !slow_request_len) {
+        fprintf(stderr, "loadclient: --slow-every needs --slow-path\n");
+        return 2;
     }
     if (optind >= argc) {
         fprintf(stderr, "loadclient: no target given\n");

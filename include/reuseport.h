@@ -611,6 +611,18 @@ int reuseport_set_get_retire_fd(const struct reuseport_set *set);
 int reuseport_set_set_health_threshold(struct reuseport_set *set, unsigned int ms);
 
 /**
+ * How many workers per generation the server runs at most (nginx: worker_processes):
+ * the steering table the master creates for each address then has two generations'
+ * worth of slots (a reload's or an upgrade's new workers start while the old ones
+ * drain). 0, or not calling it: 4,096 slots (2,048 workers per generation). A worker
+ * that finds no free slot still gets its share of connections (the group falls back to
+ * the kernel's hash while it runs, and the log says so). Returns 0, or -EINVAL for NULL.
+ * Who: the master, before its first reuseport_master_open() (a reload's set shares the
+ * table created then).
+ */
+int reuseport_set_set_max_workers(struct reuseport_set *set, unsigned int workers);
+
+/**
  * A worker's sign of life: call it once per event-loop iteration (or timer tick). It is
  * an atomic increment in memory shared with the master, no system call. A worker that
  * never calls it is never judged stalled. Returns 0, or -EINVAL for NULL. Who: workers.
@@ -618,13 +630,26 @@ int reuseport_set_set_health_threshold(struct reuseport_set *set, unsigned int m
 int reuseport_heartbeat(const struct reuseport_set *set);
 
 /**
+ * reuseport_heartbeat() with the worker's load figure, its open connections (or any
+ * figure that grows with its backlog of work): of two eligible workers, the steering
+ * program gives a new connection to the one whose figure, plus the connections sent to
+ * it since its last heartbeat, is lower. Without it the figure is 0 and only the latter
+ * counts. Same cost as reuseport_heartbeat(): a few stores in shared memory. Returns 0,
+ * or -EINVAL for NULL. Who: workers, instead of reuseport_heartbeat().
+ */
+int reuseport_heartbeat_load(const struct reuseport_set *set, unsigned int load);
+
+/**
  * The master's periodic watch over its workers: marks the stalled and overloaded ones so
  * the steering program skips them, moves a stalled worker's queued connections to its
  * siblings (needs root or CAP_SYS_PTRACE over the workers: pidfd_getfd(2)), and brings
  * recovered workers back. Returns the number of milliseconds after which to call it
- * again (a quarter of the threshold), or 0 when no listener of the set is steered
- * (nothing to watch), or a negative errno. Cheap: one sock_diag query per group. Who:
- * the master, on a timer, for the set of its current generation (after release too).
+ * again: a quarter of the threshold while connections arrive, 1000 after a second
+ * without any (an idle master wakes once a second), or 0 when no listener of the set is
+ * steered (nothing to watch), or a negative errno. Cheap: it reads counters in shared
+ * memory, and the accept queues (one sock_diag query per address family) only when a
+ * stall is possible. Who: the master, on a timer, for the set of its current generation
+ * (after release too).
  */
 int reuseport_watch(const struct reuseport_set *set);
 

@@ -16,6 +16,8 @@ need unshare util-linux
 need git git
 need python3 python3
 need pkill procps
+# the soak counts the kernel's BPF programs and maps (scripts/soak.sh)
+need bpftool bpftool
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     echo "cargo not found: install Rust (rustup) first" >&2

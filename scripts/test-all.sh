@@ -12,6 +12,12 @@ scripts/build.sh
 rm -f build/scenario-results.jsonl build/nginx-results.jsonl
 status=0
 ctest --test-dir build --output-on-failure 2>&1 | tee build/ctest.log || status=$?
+# The sanitizer build: the C tests and one rpserver scenario again, with the C side (tests,
+# rpserver, the load client) under ASan and UBSan (cmake/Sanitize.cmake). Same cargo
+# target directory and profile: the Rust library is not rebuilt.
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DREUSEPORT_SANITIZE=address,undefined >/dev/null
+cmake --build build-asan -j "$(nproc)" >/dev/null
+ctest --test-dir build-asan -L sanitize --output-on-failure 2>&1 | tee build/ctest-asan.log || status=$?
 if [ -s build/scenario-results.jsonl ]; then
     echo
     echo "Lifecycle scenarios under load, rpserver (failures by kind, per strategy):"
@@ -22,9 +28,8 @@ if [ -s build/nginx-results.jsonl ]; then
     echo "nginx scenarios under load, stock and patched (net.ipv4.tcp_migrate_req=0):"
     env PYTHONPATH=tests:tools python3 -m e2e.table nginx build/nginx-results.jsonl
 fi
-if [ -s build/scenario-results.jsonl ] || [ -s build/nginx-results.jsonl ]; then
-    echo
-    # ctest's verdict stays the last line.
-    grep -E '^[0-9]+% tests passed' build/ctest.log | tail -n 1
-fi
+echo
+echo "sanitizer build (build-asan, ctest -L sanitize): $(grep -E '^[0-9]+% tests passed' build/ctest-asan.log | tail -n 1)"
+# The full run's ctest verdict stays the last line.
+grep -E '^[0-9]+% tests passed' build/ctest.log | tail -n 1
 exit $status

@@ -73,6 +73,9 @@
 
 mod capi;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod log;
 mod probe;
 mod set;

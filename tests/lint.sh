@@ -12,5 +12,7 @@ for tool in rustfmt clippy-driver; do
     fi
 done
 cargo fmt --all -- --check
+# The fuzz targets are their own workspace (fuzz/, nightly): formatted like the rest.
+rustfmt --check --edition 2021 --config-path rustfmt.toml fuzz/fuzz_targets/*.rs
 cargo clippy --all-targets --locked -- -D warnings
 echo "lint: rustfmt and clippy clean"

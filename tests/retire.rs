@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use reuseport::{Progress, Set, Strategy};
+use reuseport::{Progress, Set, SlotState, Strategy};
 
 fn root_or_skip(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
@@ -183,4 +183,33 @@ fn a_reload_set_shares_the_steering_of_the_addresses_both_have() {
     new.master_open().unwrap();
     assert_eq!(new.slots(0).unwrap().len(), 1, "the old worker's slot is in the new set's table");
     assert_eq!(new.slots(1).unwrap().len(), 0, "a new address gets its own table");
+}
+
+#[test]
+fn a_worker_waits_in_the_choice_until_its_successor_is_eligible() {
+    if !root_or_skip("a_worker_waits_in_the_choice_until_its_successor_is_eligible") {
+        return;
+    }
+    let (mut old, addr) = master(Strategy::Bpf, Duration::from_millis(50));
+    let mut w1 = worker(&old, addr);
+    old.release().unwrap();
+    // A reload: the new set opens (a successor is coming) but no new worker runs yet.
+    let mut new = Set::new();
+    new.add_spec(&addr.to_string()).unwrap();
+    new.inherit(&old).unwrap();
+    new.master_open().unwrap();
+    let state = |s: &Set| s.slots(0).unwrap().iter().map(|x| x.state).collect::<Vec<_>>();
+    assert!(matches!(step(&mut w1, None), Progress::Again(d) if d <= Duration::from_millis(2)));
+    assert_eq!(state(&new), vec![SlotState::Healthy], "still in the choice: nobody else could take its connections");
+    // The new generation's worker is in: the old one leaves the choice, then closes.
+    let w2 = worker(&new, addr);
+    assert!(matches!(step(&mut w1, None), Progress::Again(_)));
+    assert!(state(&new).contains(&SlotState::Retiring), "{:?}", state(&new));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Progress::Again(d) = step(&mut w1, None) {
+        assert!(Instant::now() < deadline, "the retire never finished");
+        std::thread::sleep(d);
+    }
+    assert_eq!(state(&new), vec![SlotState::Healthy], "only the successor's slot is left");
+    drop(w2);
 }

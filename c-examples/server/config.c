@@ -117,6 +117,14 @@ static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen
             return -1;
         }
         cf->drain_flags = n == 3 ? REUSEPORT_DRAIN_KEEP_BACKLOG : 0;
+    } else if (strcmp(name, "shared_socket") == 0) {
+        /* one accept queue shared by every worker (what a server without SO_REUSEPORT
+         * does): a baseline for the benchmarks; a respawned worker binds its own */
+        if (strcmp(args, "on") != 0 && strcmp(args, "off") != 0) {
+            snprintf(err, errlen, "shared_socket \"%.200s\": on or off", args);
+            return -1;
+        }
+        cf->shared_socket = strcmp(args, "on") == 0;
     } else if (strcmp(name, "reuseport_health_threshold") == 0) {
         if (parse_ms(args, &cf->health_threshold_ms) != 0) {
             snprintf(err, errlen, "reuseport_health_threshold \"%.200s\": a time such as 50ms, or 0 for no steering",

@@ -106,8 +106,10 @@ static void spawn_worker(void)
     }
     workers[n_workers++] = (worker){ .pid = pid, .generation = generation, .slot = slot };
     rp_log("event=spawn pid=%d gen=%u role=%s", (int)pid, generation, first ? "adopt" : "bind");
-    /* Failures are already in the log: the library reports them through rp_log_library. */
-    if (first)
+    /* Failures are already in the log: the library reports them through rp_log_library.
+     * With shared_socket on, every worker of the generation adopts the master's socket
+     * (one accept queue for all, a benchmark baseline); start_generation() releases. */
+    if (first && !cf.shared_socket)
         reuseport_master_release(set);
 }
 
@@ -140,7 +142,8 @@ static reuseport_set *build_set(const rp_config *c)
     reuseport_set *s = reuseport_set_new();
     if (s && (reuseport_set_set_strategy(s, c->strategy) < 0
               || reuseport_set_set_drain(s, (unsigned)c->drain_grace_ms, (unsigned)c->drain_max_ms, c->drain_flags) < 0
-              || reuseport_set_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0)) {
+              || reuseport_set_set_health_threshold(s, (unsigned)c->health_threshold_ms) < 0
+              || reuseport_set_set_max_workers(s, (unsigned)c->worker_processes) < 0)) {
         reuseport_set_free(s);
         return NULL;
     }
@@ -193,6 +196,8 @@ static int start_generation(void)
     }
     for (int i = 0; i < cf.worker_processes; i++)
         spawn_worker();
+    if (cf.shared_socket)
+        reuseport_master_release(set);
     rp_log("event=generation gen=%u workers=%d listeners=%d", generation, cf.worker_processes, reuseport_set_get_count(set));
     return 0;
 }

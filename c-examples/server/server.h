@@ -33,6 +33,7 @@ typedef struct {
     int drain_grace_ms, drain_max_ms;
     unsigned drain_flags;     /* REUSEPORT_DRAIN_KEEP_BACKLOG or 0 */
     int health_threshold_ms;  /* steer around a worker not accepting for this long; 0: off */
+    int shared_socket;        /* benchmark baseline: every worker adopts the master's one socket */
 } rp_config;
 
 /* Per-worker counters in memory shared with the master (MAP_SHARED before fork), so the
@@ -55,6 +56,10 @@ int rp_config_load(rp_config *cf, const char *path, char *err, size_t errlen);
 void rp_config_defaults(rp_config *cf);
 
 /* log.c */
+/* slow.c: /block?ms=N and /spin?ms=N hold the worker for N ms. Returns 1 when `target`
+ * (len bytes) was one of them (done), 0 when not, -1 when malformed. */
+int rp_slow_request(const char *target, size_t len);
+
 void rp_log_open(const char *path);
 void rp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void rp_log_library(int level, const char *message, void *user);

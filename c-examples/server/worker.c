@@ -181,6 +181,9 @@ static int handle_request(conn *c)
         minor = sp2[8] - '0';
     if (!valid || minor < 0)
         return queue_response(c, 400, "Bad Request", 0), 1;
+    /* /block?ms=N and /spin?ms=N hold this worker for N ms (slow.c) */
+    if (rp_slow_request(sp1 + 1, (size_t)(sp2 - sp1 - 1)) < 0)
+        return queue_response(c, 400, "Bad Request", 0), 1;
 
     size_t vlen;
     const char *v = header_value(eol + 1, hlen - (size_t)(eol + 1 - c->in), "Transfer-Encoding", &vlen);
@@ -428,7 +431,9 @@ void rp_worker_run(const rp_config *config, reuseport_set *set, int first, unsig
         if (terminate_requested)
             _exit(0);
         if (set)
-            reuseport_heartbeat(set); /* the master steers around a worker that stops beating */
+            /* the master steers around a worker that stops beating; the program prefers
+             * the worker with fewer open connections (and fewer sent to it since) */
+            reuseport_heartbeat_load(set, (unsigned)active_conns);
         if (quit_requested && set && (retire_again == 0 || now_ms() >= retire_again)) {
             /* Leave the groups first. With migration the library closes the listeners and
              * the kernel moves their queues to the other members; with drain it hands us

@@ -24,6 +24,9 @@ pub(crate) struct Groups {
     /// How long connections may wait on a worker whose heartbeat stands still before the
     /// watch steers around it; zero turns steering off (steering/watch.rs).
     pub(crate) health_threshold: Duration,
+    /// Workers per generation the server runs at most (0: not said); sizes the slot table
+    /// a master creates for each group (steering/slots.rs).
+    pub(crate) max_workers: usize,
 }
 
 impl Default for Groups {
@@ -33,6 +36,7 @@ impl Default for Groups {
             program: None,
             program_error: None,
             health_threshold: verdict::DEFAULT_THRESHOLD,
+            max_workers: 0,
         }
     }
 }
@@ -63,7 +67,7 @@ impl Groups {
         if configure {
             return None; // only a master's open creates one: a single process has no siblings
         }
-        match steering::new_group(*bound) {
+        match steering::new_group(*bound, steering::capacity_for(self.max_workers)) {
             Ok(s) => Some(s),
             Err(errno) => {
                 log::emit(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::held::HeldSocket;
 use crate::spec::{self, Options};
-use crate::steering::{SlotClaim, Steering};
+use crate::steering::{SlotClaim, Steering, Unlisted};
 use crate::strategy::Applied;
 
 /// One listen address of a set, and what this process holds for it.
@@ -24,11 +24,14 @@ pub struct Listener {
     pub(crate) steering: Option<Arc<Steering>>,
     /// This worker's slot in it (dropped after `fd`, which frees the slot).
     pub(crate) claim: Option<SlotClaim>,
+    /// Or, when the group's table was full, the record that this worker is in the group
+    /// without a slot (it gets its share from the kernel's hash meanwhile).
+    pub(crate) unlisted: Option<Unlisted>,
 }
 
 impl Listener {
     pub(crate) fn new(addr: SocketAddr, options: Options) -> Self {
-        Listener { addr, options, fd: None, applied: None, steering: None, claim: None }
+        Listener { addr, options, fd: None, applied: None, steering: None, claim: None, unlisted: None }
     }
 
     /// The address its sockets bind: after the first open, with the port the kernel chose
@@ -64,6 +67,7 @@ impl Listener {
     pub(crate) fn close(&mut self) -> bool {
         let had = self.fd.take().is_some();
         self.claim = None;
+        self.unlisted = None;
         had
     }
 }

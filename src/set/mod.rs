@@ -323,13 +323,10 @@ impl Set {
             let (Some(s), Some(held)) = (&l.steering, &l.fd) else { continue };
             match s.claim(held.borrow(), held.inode(), l.options.backlog) {
                 Ok(c) => l.claim = Some(c),
-                Err(why) => log::emit(
-                    Level::Warn,
-                    &format!(
-                        "{}: {why}; this worker's socket gets connections only when no sibling is eligible",
-                        l.addr
-                    ),
-                ),
+                Err(unlisted) => {
+                    log::emit(Level::Warn, &format!("{}: {}", l.addr, unlisted.why));
+                    l.unlisted = Some(unlisted);
+                }
             }
         }
     }
@@ -377,6 +374,22 @@ impl Set {
         for c in self.listeners.iter().filter_map(|l| l.claim.as_ref()) {
             c.beat();
         }
+    }
+
+    /// A worker's heartbeat with its load figure (open connections): the program prefers
+    /// the less loaded of two eligible workers.
+    pub fn heartbeat_load(&self, load: u32) {
+        for c in self.listeners.iter().filter_map(|l| l.claim.as_ref()) {
+            c.beat();
+            c.set_load(load);
+        }
+    }
+
+    /// How many workers per generation the server runs at most: the slot table a master
+    /// creates for each group holds two generations of them. Before the master's first
+    /// open (a reload shares the table made then).
+    pub fn set_max_workers(&mut self, n: usize) {
+        self.groups.max_workers = n;
     }
 
     /// The master's tick: judges every worker slot of this set's groups. Returns when to

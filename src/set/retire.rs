@@ -24,10 +24,12 @@
 //! caller keeps serving meanwhile. The waits it takes, in order:
 //!
 //! 1. Leaving the steering program's choice (steered groups): a sibling that is coming (a
-//!    reload's new workers starting) is waited for, at most STEER_PATIENCE, then
-//!    STEER_GAP for handshakes that chose this socket just before to complete into the
-//!    queue, which migrates whole. With a taker (`hand_over`), what arrives meanwhile is
-//!    accepted and handed over instead of waiting for the close.
+//!    reload's new workers starting) is waited for, at most STEER_PATIENCE, while this
+//!    socket stays in the choice (without an eligible sibling the program would fall back
+//!    to the kernel's hash, over sockets whose workers may not accept yet); then it leaves
+//!    the choice, and STEER_GAP lets handshakes that chose it just before complete into
+//!    the queue, which migrates whole. With a taker (`hand_over`), what arrives meanwhile
+//!    is accepted and handed over instead of waiting for the close.
 //! 2. The close token (close_token.rs): the sockets of one master's processes close in
 //!    turn, waited for at most TURN_PATIENCE (pollable: Retirement::poll_fd()). Not for
 //!    steered sockets that each have an eligible sibling: the program, not the kernel's
@@ -120,11 +122,15 @@ enum Close {
 enum Phase {
     /// Not started.
     Idle,
-    /// Out of the program's choice; waiting for a sibling until `patience`, then until
-    /// `gap` once one is eligible.
-    LeavingChoice {
+    /// Still in the program's choice, waiting (until `patience`) for a sibling that is
+    /// coming to become eligible.
+    AwaitingSibling {
         patience: Instant,
-        gap: Option<Instant>,
+    },
+    /// Out of the program's choice; the handshakes that chose this socket complete until
+    /// `gap`.
+    LeavingChoice {
+        gap: Instant,
     },
     /// Waiting for the close token since `since`.
     WaitingTurn {
@@ -247,47 +253,47 @@ impl Retirement {
             let now = Instant::now();
             match self.phase {
                 Phase::Idle => {
-                    let claims: Vec<_> = listeners.iter().filter_map(|l| l.claim.as_ref()).collect();
-                    for c in &claims {
-                        c.mark_retiring();
-                    }
-                    self.phase = if claims.is_empty() {
-                        Phase::WaitingTurn { since: now, close: Close::Migrating }
+                    self.phase = if listeners.iter().any(|l| l.claim.is_some()) {
+                        Phase::AwaitingSibling { patience: now + STEER_PATIENCE }
                     } else {
-                        Phase::LeavingChoice { patience: now + STEER_PATIENCE, gap: None }
+                        Phase::WaitingTurn { since: now, close: Close::Migrating }
                     };
                 }
-                Phase::LeavingChoice { patience, gap } => {
+                Phase::AwaitingSibling { patience } => {
+                    // Still in the program's choice: while no sibling can take new
+                    // connections, leaving would send them by the kernel's hash to sockets
+                    // whose workers may not accept yet (a reload's, still starting).
                     if let Some(h) = hand_over.as_deref_mut() {
                         self.handed_over += accept_queued(listeners, h);
                     }
-                    let gap = match gap {
-                        Some(g) => g,
-                        None => match siblings(listeners) {
-                            Siblings::Coming if now < patience => return Progress::Again(RECHECK),
-                            Siblings::Coming | Siblings::NoneComing => {
-                                if now >= patience {
-                                    log::emit(Level::Debug, "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)");
-                                }
-                                self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
-                                continue;
-                            }
-                            Siblings::Eligible => {
-                                let g = now + STEER_GAP;
-                                self.phase = Phase::LeavingChoice { patience, gap: Some(g) };
-                                g
-                            }
-                        },
+                    let found = siblings(listeners);
+                    if found == Siblings::Coming && now < patience {
+                        return Progress::Again(RECHECK);
+                    }
+                    for c in listeners.iter().filter_map(|l| l.claim.as_ref()) {
+                        c.mark_retiring();
+                    }
+                    self.phase = if found == Siblings::Eligible {
+                        Phase::LeavingChoice { gap: now + STEER_GAP }
+                    } else {
+                        if found == Siblings::Coming {
+                            log::emit(Level::Debug, "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)");
+                        }
+                        Phase::WaitingTurn { since: now, close: Close::Migrating }
                     };
+                }
+                Phase::LeavingChoice { gap } => {
+                    if let Some(h) = hand_over.as_deref_mut() {
+                        self.handed_over += accept_queued(listeners, h);
+                    }
                     if now < gap {
-                        return Progress::Again(gap - now);
+                        // With a taker, come back often to accept what still lands here.
+                        let wait = if hand_over.is_some() { (gap - now).min(RECHECK) } else { gap - now };
+                        return Progress::Again(wait);
                     }
                     self.phase = Phase::WaitingTurn { since: now, close: Close::Migrating };
                 }
                 Phase::WaitingTurn { since, close } => {
-                    if let Some(h) = hand_over.as_deref_mut() {
-                        self.handed_over += accept_queued(listeners, h);
-                    }
                     // Steered sockets that each have an eligible sibling need no turn: the
                     // program sends what they hold, queued or half-open, to an eligible
                     // member only, never to one that is leaving.
@@ -296,6 +302,11 @@ impl Retirement {
                     if needs_turn && !got && self.close_token.is_some() {
                         let left = (since + TURN_PATIENCE).saturating_duration_since(now);
                         if !left.is_zero() {
+                            // Kept waiting: serve what lands meanwhile. With the turn free,
+                            // the close comes first and the queue migrates.
+                            if let Some(h) = hand_over.as_deref_mut() {
+                                self.handed_over += accept_queued(listeners, h);
+                            }
                             return Progress::Again(left.min(RECHECK));
                         }
                         log::emit(

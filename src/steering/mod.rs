@@ -35,7 +35,13 @@ use std::time::Duration;
 use crate::log::{self, Level};
 use crate::sys::{bpf, diag, procfs};
 
+mod asm;
+mod eligible;
+#[cfg(test)]
+mod interp;
 mod program;
+#[cfg(test)]
+mod program_tests;
 mod rescue;
 mod slots;
 pub(crate) mod verdict;
@@ -44,10 +50,9 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
-use slots::{eligible, state_of, Group, TABLE_SIZE};
-pub use slots::{SlotState, SlotStatus, Table};
-use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING, SLOTS};
-use verdict::tick_for;
+pub use slots::{capacity_for, SlotState, SlotStatus, Table};
+use slots::{eligible as is_eligible, state_of, Group, Layout, OVERFLOW};
+use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING};
 
 /// One group's steering context.
 pub struct Steering {
@@ -69,13 +74,14 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Creates the maps and loads the program (needs CAP_BPF).
-    fn create(addr: SocketAddr) -> io::Result<Steering> {
+    /// Creates the maps for `cap` slots and loads the program (needs CAP_BPF).
+    fn create(addr: SocketAddr, cap: usize) -> io::Result<Steering> {
+        let layout = Layout::new(cap);
         let table_map =
-            bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, TABLE_SIZE as u32, 1, bpf::BPF_F_MMAPABLE, b"reuseport_slots")?;
-        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, SLOTS as u32, 0, b"reuseport_socks")?;
-        let table = Table::map(table_map.as_fd())?;
-        let program = program::load(table_map.as_fd(), sockarray.as_fd())?;
+            bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, layout.size as u32, 1, bpf::BPF_F_MMAPABLE, b"reuseport_slots")?;
+        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, cap as u32, 0, b"reuseport_socks")?;
+        let table = Table::map(table_map.as_fd(), cap)?;
+        let program = program::load(&layout, table_map.as_fd(), sockarray.as_fd())?;
         Ok(Steering { addr, _table_map: table_map, sockarray, program, table, watch: Mutex::new(Default::default()) })
     }
 
@@ -115,7 +121,7 @@ impl Steering {
     /// this table and are not waited for: its program chooses among its own slots.
     pub fn sibling_coming(&self, except: usize, within: Duration) -> bool {
         let t = &self.table;
-        let claimed_elsewhere = (0..SLOTS).any(|i| {
+        let claimed_elsewhere = (0..t.high()).any(|i| {
             let f = t.flags(i).load(Ordering::Acquire);
             i != except && f & FLAG_CLAIMED != 0 && f & FLAG_RETIRING == 0
         });
@@ -125,14 +131,20 @@ impl Steering {
 
     /// Whether some slot other than `except` is eligible now.
     pub fn has_eligible(&self, except: &[usize]) -> bool {
-        (0..SLOTS).any(|i| !except.contains(&i) && eligible(self.table.flags(i).load(Ordering::Acquire)))
+        (0..self.table.high()).any(|i| !except.contains(&i) && is_eligible(self.table.flags(i).load(Ordering::Acquire)))
     }
 
     /// Takes a free slot for `sock` (held by this process as `fd`) and puts the socket
-    /// into the sockarray: from then on the program may choose it.
-    pub fn claim(self: &Arc<Self>, sock: BorrowedFd<'_>, inode: u64, backlog: i32) -> Result<SlotClaim, String> {
+    /// into the sockarray: from then on the program may choose it. When every slot is
+    /// taken, the worker is recorded as unlisted instead, and while it is, the program
+    /// leaves every connection of the group to the kernel's hash, so that it gets its
+    /// share too (steering around stalls is off meanwhile; the error says so).
+    pub fn claim(self: &Arc<Self>, sock: BorrowedFd<'_>, inode: u64, backlog: i32) -> Result<SlotClaim, Unlisted> {
         let t = &self.table;
-        let free = |i: usize| t.flags(i).compare_exchange(0, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        let free = |i: usize| {
+            t.flags(i).load(Ordering::Relaxed) == 0
+                && t.flags(i).compare_exchange(0, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        };
         // A slot whose owner died without freeing it (killed) is free too: the master's
         // watch frees those, but a server may not run one.
         let orphaned = |i: usize| {
@@ -141,30 +153,36 @@ impl Steering {
             f != 0
                 && pid != 0 // 0: being claimed right now
                 && !procfs::alive(pid)
-                && t.flags(i).compare_exchange(f, FLAG_CLAIMED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && t.replace_flags(i, f, FLAG_CLAIMED)
         };
-        let slot = (0..SLOTS)
-            .find(|&i| free(i))
-            .or_else(|| (0..SLOTS).find(|&i| orphaned(i)))
-            .ok_or_else(|| format!("all {SLOTS} steering slots are taken (more workers than the library supports)"))?;
+        let cap = t.capacity();
+        let Some(slot) = (0..cap).find(|&i| free(i)).or_else(|| (0..t.high()).find(|&i| orphaned(i))) else {
+            return Err(Unlisted::record(self));
+        };
+        t.raise_high(slot);
         t.beats(slot).store(0, Ordering::Relaxed);
         t.queue(slot).store(0, Ordering::Relaxed);
+        t.load(slot).store(0, Ordering::Relaxed);
+        t.seen(slot).store(t.arrivals(slot).load(Ordering::Relaxed), Ordering::Relaxed);
         t.pid(slot).store(std::process::id(), Ordering::Relaxed);
         t.fd(slot).store(sock.as_raw_fd(), Ordering::Relaxed);
         t.inode(slot).store(inode, Ordering::Relaxed);
         t.backlog(slot).store(backlog, Ordering::Relaxed);
         if let Err(e) = bpf::sockarray_set(self.sockarray(), slot as u32, sock) {
-            t.flags(slot).store(0, Ordering::Release);
-            return Err(format!("cannot put the socket into the steering map (bpf map update): {e}"));
+            t.pid(slot).store(0, Ordering::Relaxed);
+            t.replace_flags(slot, FLAG_CLAIMED, 0);
+            let mut u = Unlisted::record(self);
+            u.why = format!("cannot put the socket into the steering map (bpf map update): {e}; {}", u.why);
+            return Err(u);
         }
-        t.flags(slot).fetch_or(FLAG_MEMBER, Ordering::AcqRel);
+        t.set_flags(slot, FLAG_MEMBER);
         Ok(SlotClaim { steering: Arc::clone(self), slot, owner: std::process::id() })
     }
 
     /// Every claimed slot, in slot order.
     pub fn status(&self) -> Vec<SlotStatus> {
         let t = &self.table;
-        (0..SLOTS)
+        (0..t.high())
             .filter_map(|i| {
                 let flags = t.flags(i).load(Ordering::Acquire);
                 (flags & FLAG_CLAIMED != 0).then(|| SlotStatus {
@@ -178,17 +196,14 @@ impl Steering {
             .collect()
     }
 
-    /// One tick of the watch over this group's slots, with its own sock_diag query.
+    /// One tick of the watch over this group's slots alone; returns when to call again.
     #[cfg(test)]
-    pub(crate) fn watch(&self, threshold: Duration) {
-        self.watch_with(threshold, &diag::tcp_listeners(&[self.family()], &[self.addr.port()]));
+    pub(crate) fn watch(self: &Arc<Self>, threshold: Duration) -> Duration {
+        watch_groups(std::iter::once(self), threshold).expect("one group")
     }
 
-    /// One tick, given this tick's listeners of the group's address family (one sock_diag
-    /// query serves every group of a set: watch_groups()).
-    pub(crate) fn watch_with(&self, threshold: Duration, listeners: &io::Result<HashMap<u64, diag::Listener>>) {
-        let mut state = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-        state.tick(&Group { addr: self.addr, table: &self.table, sockarray: self.sockarray() }, threshold, listeners);
+    fn group(&self) -> Group<'_> {
+        Group { addr: self.addr, table: &self.table, sockarray: self.sockarray() }
     }
 }
 
@@ -201,13 +216,32 @@ pub struct SlotClaim {
 }
 
 impl SlotClaim {
+    /// A heartbeat: the owner's loop runs, and has seen what was sent to it so far (the
+    /// program counts what arrives after this as the slot's load).
     pub fn beat(&self) {
-        self.steering.table().beats(self.slot).fetch_add(1, Ordering::Relaxed);
+        let t = self.steering.table();
+        t.beats(self.slot).fetch_add(1, Ordering::Relaxed);
+        store_if_changed(t.seen(self.slot), t.arrivals(self.slot).load(Ordering::Relaxed));
+    }
+
+    /// The owner's load figure (its open connections), which the program compares.
+    pub fn set_load(&self, load: u32) {
+        store_if_changed(self.steering.table().load(self.slot), load);
     }
 
     /// Takes the slot out of the program's choice; its socket stays open.
     pub fn mark_retiring(&self) {
-        self.steering.table().flags(self.slot).fetch_or(FLAG_RETIRING, Ordering::AcqRel);
+        self.steering.table().set_flags(self.slot, FLAG_RETIRING);
+    }
+}
+
+/// Writes `v` only when it differs: the program reads these words for every connection,
+/// and a store, even of the same value, takes the cache line away from the CPUs that
+/// run it (measured: an unconditional store per heartbeat more than doubled the
+/// program's cost with 256 workers).
+fn store_if_changed(word: &std::sync::atomic::AtomicU32, v: u32) {
+    if word.load(Ordering::Relaxed) != v {
+        word.store(v, Ordering::Relaxed);
     }
 }
 
@@ -217,16 +251,60 @@ impl Drop for SlotClaim {
         if std::process::id() == self.owner {
             let t = self.steering.table();
             t.pid(self.slot).store(0, Ordering::Relaxed);
-            t.flags(self.slot).store(0, Ordering::Release);
+            let f = t.flags(self.slot).load(Ordering::Acquire);
+            t.replace_flags(self.slot, f, 0);
         }
     }
 }
 
-/// A new steering context for the group of `addr`: maps created and program loaded.
-/// Errors are errnos (EPERM without CAP_BPF).
-pub fn new_group(addr: SocketAddr) -> Result<Arc<Steering>, i32> {
-    let s = Steering::create(addr).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-    log::emit(Level::Debug, &format!("{addr}: steering program loaded ({SLOTS} slots)"));
+/// A worker the table could not hold: while it lives, the program leaves every connection
+/// to the kernel's hash (see Steering::claim()). Dropping it ends that.
+#[derive(Debug)]
+pub struct Unlisted {
+    steering: Arc<Steering>,
+    /// Its entry in the table's overflow list (the watch forgets a dead process's).
+    entry: Option<usize>,
+    owner: u32,
+    /// What to log.
+    pub why: String,
+}
+
+impl Unlisted {
+    fn record(s: &Arc<Steering>) -> Unlisted {
+        let t = s.table();
+        let me = std::process::id();
+        let entry =
+            (0..OVERFLOW).find(|&k| t.overflow(k).compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        t.unlisted().fetch_add(1, Ordering::SeqCst);
+        let why = format!(
+            "all {} steering slots are taken; this worker's group spreads new connections by the kernel's hash (no steering around stalled workers) while it runs; give the server a higher worker count (reuseport_set_set_max_workers)",
+            t.capacity()
+        );
+        Unlisted { steering: Arc::clone(s), entry, owner: me, why }
+    }
+}
+
+impl Drop for Unlisted {
+    fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            return;
+        }
+        let t = self.steering.table();
+        // Without an entry nobody else can forget it: take it off here only.
+        let mine = self
+            .entry
+            .is_none_or(|k| t.overflow(k).compare_exchange(self.owner, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        if mine {
+            t.unlisted().fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A new steering context for the group of `addr`, with `cap` slots: maps created and
+/// program loaded. Errors are errnos (EPERM without CAP_BPF).
+pub fn new_group(addr: SocketAddr, cap: usize) -> Result<Arc<Steering>, i32> {
+    let s = Steering::create(addr, cap).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    log::emit(Level::Debug, &format!("{addr}: steering program loaded ({cap} slots)"));
     Ok(Arc::new(s))
 }
 
@@ -234,7 +312,7 @@ pub fn new_group(addr: SocketAddr) -> Result<Arc<Steering>, i32> {
 /// errno (EPERM without CAP_BPF). Creates one and frees it at once.
 pub fn can_steer() -> Result<(), i32> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    Steering::create(any).map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    Steering::create(any, slots::MIN_CAPACITY).map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Whether this process may take a duplicate of its workers' sockets (the rescue):
@@ -245,7 +323,8 @@ pub fn can_rescue() -> bool {
 }
 
 /// One tick over every group of a set: one sock_diag query per address family, for the
-/// ports of all its groups. Returns when to call again, or None when no group is steered.
+/// ports of the groups whose tick needs the queues (watch.rs says when). Returns when to
+/// call again (the soonest any group wants), or None when no group is steered.
 pub(crate) fn watch_groups<'a>(
     groups: impl Iterator<Item = &'a Arc<Steering>>,
     threshold: Duration,
@@ -254,20 +333,29 @@ pub(crate) fn watch_groups<'a>(
     if groups.is_empty() {
         return None;
     }
+    let mut states: Vec<_> = groups.iter().map(|s| s.watch.lock().unwrap_or_else(|p| p.into_inner())).collect();
+    let wants: Vec<bool> = groups.iter().zip(states.iter_mut()).map(|(s, st)| st.plan(&s.group())).collect();
     let by_family: Vec<(i32, io::Result<HashMap<u64, diag::Listener>>)> = [libc::AF_INET, libc::AF_INET6]
         .into_iter()
         .filter_map(|family| {
-            let mut ports: Vec<u16> = groups.iter().filter(|s| s.family() == family).map(|s| s.addr.port()).collect();
+            let mut ports: Vec<u16> = groups
+                .iter()
+                .zip(&wants)
+                .filter(|(s, want)| **want && s.family() == family)
+                .map(|(s, _)| s.addr.port())
+                .collect();
             ports.sort_unstable();
             ports.dedup();
             (!ports.is_empty()).then(|| (family, diag::tcp_listeners(&[family], &ports)))
         })
         .collect();
-    for s in groups {
-        let (_, listeners) = by_family.iter().find(|(f, _)| *f == s.family()).expect("one per family with groups");
-        s.watch_with(threshold, listeners);
+    let mut next = watch::IDLE_TICK;
+    for ((s, st), want) in groups.iter().zip(states.iter_mut()).zip(wants) {
+        let listeners = want.then(|| &by_family.iter().find(|(f, _)| *f == s.family()).expect("queried").1);
+        st.tick(&s.group(), threshold, listeners);
+        next = next.min(st.next_tick(threshold));
     }
-    Some(tick_for(threshold))
+    Some(next)
 }
 
 /// The distinct steering contexts among a set's listeners (several addresses of one

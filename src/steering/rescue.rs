@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
-use super::slots::{Group, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, SLOTS};
+use super::slots::{Group, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE};
 use crate::log::{self, Level};
 use crate::sys::{bpf, diag, pidfd, socket};
 
@@ -30,7 +30,7 @@ pub(crate) fn rescue(
     );
     // The queue needs somewhere to go: another listener of this port that is not itself
     // stalled or leaving (members of another generation count).
-    let unfit: Vec<u64> = (0..SLOTS)
+    let unfit: Vec<u64> = (0..t.high())
         .filter(|&i| t.flags(i).load(Ordering::Acquire) & (FLAG_STALE | FLAG_RETIRING | FLAG_OVERLOADED) != 0)
         .map(|i| t.inode(i).load(Ordering::Relaxed))
         .collect();

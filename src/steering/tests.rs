@@ -18,7 +18,7 @@ fn steering_or_skip(test: &str) -> Option<Arc<Steering>> {
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    match new_group(addr) {
+    match new_group(addr, super::slots::DEFAULT_CAPACITY) {
         Ok(s) => Some(s),
         Err(errno) if !nix::unistd::geteuid().is_root() => {
             eprintln!("SKIP {test}: cannot load the steering program (errno {errno}; needs CAP_BPF)");
@@ -70,11 +70,11 @@ fn new_connections_go_to_eligible_slots_only_and_evenly() {
     assert_eq!(na + nb, 200);
     assert!(na >= 60 && nb >= 60, "both eligible: an even spread expected, got {na}/{nb}");
 
-    s.table().flags(ca.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);
+    s.table().set_flags(ca.slot, FLAG_STALE);
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b)), (0, 100), "a stalled slot gets nothing");
 
-    s.table().flags(ca.slot).fetch_and(!FLAG_STALE, Ordering::AcqRel);
+    s.table().clear_flags(ca.slot, FLAG_STALE);
     cb.mark_retiring();
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b)), (100, 0), "a retiring slot gets nothing");
@@ -92,10 +92,10 @@ fn a_closing_listener_hands_its_queue_to_an_eligible_sibling() {
     let (a, b) = (member(addr, &s), member(addr, &s));
     let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
     let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
-    s.table().flags(cb.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);
+    s.table().set_flags(cb.slot, FLAG_STALE);
     let _c = connect(addr, 50);
     std::thread::sleep(Duration::from_millis(20));
-    s.table().flags(cb.slot).fetch_and(!FLAG_STALE, Ordering::AcqRel);
+    s.table().clear_flags(cb.slot, FLAG_STALE);
     ca.mark_retiring();
     drop(a);
     assert_eq!(accept_all(&b), 50, "all 50 queued on the closed listener moved to its sibling");
@@ -142,7 +142,7 @@ fn the_watch_marks_a_stalled_slot_moves_its_queue_and_brings_it_back() {
 }
 
 /// One tick of the watch over a group, what reuseport_watch() does for each of a set's.
-fn watch(s: &Steering, threshold: Duration) {
+fn watch(s: &Arc<Steering>, threshold: Duration) {
     s.watch(threshold);
 }
 
@@ -202,7 +202,107 @@ fn a_process_joining_without_a_master_leaves_the_groups_program_in_place() {
     let joined = TcpListener::from(dup_cloexec(checker.fd(0).unwrap().as_raw_fd()).unwrap());
     joined.set_nonblocking(true).unwrap();
     // Still the steering program: the stalled slot and the slotless socket get nothing.
-    s.table().flags(cb.slot).fetch_or(FLAG_STALE, Ordering::AcqRel);
+    s.table().set_flags(cb.slot, FLAG_STALE);
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b), accept_all(&joined)), (100, 0, 0));
+}
+
+/// `n` member sockets with slots (or unlisted when the table is full), like `n` workers.
+fn workers(s: &Arc<Steering>, n: usize) -> Vec<(TcpListener, Result<super::SlotClaim, super::Unlisted>)> {
+    raise_fd_limit(4 * n as u64 + 20_000);
+    (0..n)
+        .map(|_| {
+            let l = member(s.addr, s);
+            let c = s.claim(l.as_fd(), inode(&l), 128);
+            (l, c)
+        })
+        .collect()
+}
+
+fn raise_fd_limit(want: u64) {
+    crate::sys::fd::raise_nofile(want).unwrap();
+}
+
+/// Connects `per` connections per worker in batches, accepting as it goes; what each got.
+fn serve_round(addr: SocketAddr, listeners: &[&TcpListener], per: usize) -> Vec<usize> {
+    let mut got = vec![0; listeners.len()];
+    for _ in 0..per {
+        let clients = connect(addr, listeners.len());
+        std::thread::sleep(Duration::from_millis(2));
+        for (k, l) in listeners.iter().enumerate() {
+            got[k] += accept_all(l);
+        }
+        drop(clients);
+    }
+    got
+}
+
+#[test]
+fn one_64_and_1024_workers_each_get_their_share() {
+    for n in [1usize, 64, 1024] {
+        let Some(s) = steering_or_skip("one_64_and_1024_workers_each_get_their_share") else { return };
+        let ws = workers(&s, n);
+        assert!(ws.iter().all(|(_, c)| c.is_ok()), "{n} workers fit the default table");
+        let ls: Vec<&TcpListener> = ws.iter().map(|(l, _)| l).collect();
+        let per = if n == 1 { 50 } else { 6 };
+        let got = serve_round(s.addr, &ls, per);
+        assert_eq!(got.iter().sum::<usize>(), per * n, "every connection served");
+        let idle = got.iter().filter(|&&g| g == 0).count();
+        assert_eq!(idle, 0, "{n} workers: {idle} got nothing: {got:?}");
+        let max = *got.iter().max().unwrap();
+        assert!(max <= 3 * per, "{n} workers: one got {max} of {per} each on average");
+    }
+}
+
+#[test]
+fn a_worker_the_table_cannot_hold_still_gets_its_share() {
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let s = match new_group(addr, super::slots::MIN_CAPACITY) {
+        Ok(s) => s,
+        Err(_) if !nix::unistd::geteuid().is_root() => {
+            eprintln!("SKIP a_worker_the_table_cannot_hold_still_gets_its_share: needs CAP_BPF");
+            return;
+        }
+        Err(e) => panic!("errno {e}"),
+    };
+    let mut ws = workers(&s, super::slots::MIN_CAPACITY + 1);
+    let last = ws.len() - 1;
+    let why = match &ws[last].1 {
+        Err(u) => u.why.clone(),
+        Ok(_) => panic!("the table holds {} slots", super::slots::MIN_CAPACITY),
+    };
+    assert!(why.contains(&format!("all {} steering slots are taken", super::slots::MIN_CAPACITY)), "{why}");
+    assert_eq!(s.table().unlisted().load(Ordering::SeqCst), 1);
+    let ls: Vec<&TcpListener> = ws.iter().map(|(l, _)| l).collect();
+    let got = serve_round(addr, &ls, 20);
+    assert!(got[last] >= 5, "the unlisted worker gets connections from the kernel's hash: {got:?}");
+    // It leaves: steering again.
+    let (l, _) = ws.pop().unwrap();
+    drop(l);
+    assert_eq!(s.table().unlisted().load(Ordering::SeqCst), 0);
+    s.table().set_flags(ws[0].1.as_ref().unwrap().slot, FLAG_STALE);
+    let ls: Vec<&TcpListener> = ws.iter().map(|(l, _)| l).collect();
+    let got = serve_round(addr, &ls, 10);
+    assert_eq!(got[0], 0, "steered around a stalled slot again: {got:?}");
+}
+
+#[test]
+fn the_watch_sleeps_when_nothing_arrives_and_ticks_when_connections_do() {
+    let Some(s) = steering_or_skip("the_watch_sleeps_when_nothing_arrives_and_ticks_when_connections_do") else {
+        return;
+    };
+    let (a, b) = (member(s.addr, &s), member(s.addr, &s));
+    let (ca, cb) = (s.claim(a.as_fd(), inode(&a), 128).unwrap(), s.claim(b.as_fd(), inode(&b), 128).unwrap());
+    let threshold = Duration::from_millis(40);
+    ca.beat();
+    cb.beat();
+    assert_eq!(s.watch(threshold), tick_for(threshold), "just started: not quiet for long enough");
+    std::thread::sleep(super::watch::QUIET_AFTER);
+    assert_eq!(s.watch(threshold), super::watch::IDLE_TICK, "a second without arrivals: sleep");
+    let _c = connect(s.addr, 4);
+    assert_eq!(s.watch(threshold), tick_for(threshold), "connections arrived: tick again");
+    accept_all(&a);
+    accept_all(&b);
 }

@@ -52,8 +52,18 @@ impl SlotMemory {
 #[derive(Debug, Clone, Copy)]
 pub struct Observation {
     pub beats: u64,
-    /// The socket's accept queue; None when sock_diag did not list the socket.
-    pub queue: Option<u32>,
+    pub queue: Queue,
+}
+
+/// A slot's accept queue as one tick saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Its length, from sock_diag.
+    Len(u32),
+    /// sock_diag did not list the socket: it no longer listens.
+    Missing,
+    /// Not read this tick: the watch reads the queues only when one may matter (watch.rs).
+    Unread,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,12 +81,16 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     if flags & FLAG_RETIRING != 0 {
         return d;
     }
-    let Some(queue) = obs.queue else {
-        // Not listening any more (closed without retiring, or between shutdown and listen
-        // of a rescue): free the slot if that lasts.
-        let since = *m.missing_since.get_or_insert(now);
-        d.free = now - since >= threshold;
-        return d;
+    let queue = match obs.queue {
+        Queue::Len(q) => q,
+        Queue::Unread => return judge_beats_only(m, flags, obs.beats),
+        Queue::Missing => {
+            // Not listening any more (closed without retiring, or between shutdown and listen
+            // of a rescue): free the slot if that lasts.
+            let since = *m.missing_since.get_or_insert(now);
+            d.free = now - since >= threshold;
+            return d;
+        }
     };
     m.missing_since = None;
     let advanced = obs.beats != m.last_beats;
@@ -129,6 +143,29 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     d
 }
 
+/// A tick that did not read the queues: a moving heartbeat still brings a stalled worker
+/// back (nothing else is decided without the queue).
+fn judge_beats_only(m: &mut SlotMemory, flags: u32, beats: u64) -> Decision {
+    let mut d = Decision::default();
+    if beats == m.last_beats || beats == 0 {
+        return d;
+    }
+    m.last_beats = beats;
+    m.pending_since = None;
+    if flags & FLAG_STALE != 0 {
+        d.clear = FLAG_STALE;
+        m.stale_since = None;
+    }
+    d
+}
+
+impl SlotMemory {
+    /// The heartbeat count this memory last saw.
+    pub(crate) fn last_beats(&self) -> u64 {
+        self.last_beats
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +175,7 @@ mod tests {
     const T: Duration = Duration::from_millis(100);
 
     fn obs(beats: u64, queue: u32) -> Observation {
-        Observation { beats, queue: Some(queue) }
+        Observation { beats, queue: Queue::Len(queue) }
     }
 
     #[test]
@@ -199,11 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn without_the_queue_only_a_moving_heartbeat_counts() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        let unread = |beats| Observation { beats, queue: Queue::Unread };
+        judge(&mut m, LIVE, obs(5, 4), t0, T);
+        assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread(5), t0 + T, T), Decision::default());
+        let d = judge(&mut m, LIVE | FLAG_STALE, unread(6), t0 + T, T);
+        assert_eq!(d.clear, FLAG_STALE);
+        assert_eq!(m.last_beats(), 6);
+    }
+
+    #[test]
     fn retiring_slots_are_left_alone_and_missing_sockets_freed() {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         assert_eq!(judge(&mut m, LIVE | FLAG_RETIRING, obs(1, 100), t0, T), Decision::default());
-        let gone = Observation { beats: 1, queue: None };
+        let gone = Observation { beats: 1, queue: Queue::Missing };
         assert!(!judge(&mut m, LIVE, gone, t0, T).free);
         assert!(judge(&mut m, LIVE, gone, t0 + T, T).free);
     }

@@ -29,17 +29,44 @@
 //! before the slot left the program's choice have completed into the queue and migrate
 //! with it. Without the privilege, the slot is still steered around; what it had queued
 //! waits for it (logged once).
+//!
+//! What a tick costs, and when the master sleeps. The program bumps a counter of the slot
+//! it chose for every connection (and a group counter when it leaves one to the kernel),
+//! so a tick knows from memory alone whether anything arrived since the last one. The
+//! queues (one sock_diag query per address family) are read only when one may matter:
+//! connections arrived and some worker's heartbeat stood still over the tick (a stall
+//! candidate: connections were sent to it since its last heartbeat, which has not moved
+//! over the tick), or a queue was not empty at the last reading, or every fourth tick
+//! under traffic (the overload rule), or once a second otherwise (sockets that stopped
+//! listening without retiring). Whether a worker still lives (kill(pid, 0)) is asked only
+//! of slots whose heartbeat stands still, at most once a second. After a second without any
+//! arrival and with every queue empty, the watch asks to be called again in a second
+//! instead of a quarter threshold: an idle master wakes once a second. The first
+//! connections after such a pause may thus find a stalled worker judged up to a second
+//! late; while connections arrive, a stall is judged within the threshold plus a tick.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::eligible;
 use super::rescue;
-use super::slots::{Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_STALE, SLOTS};
-use super::verdict::{judge, Decision, Observation, SlotMemory, OVERLOAD_TICKS};
+use super::slots::{Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, OVERFLOW};
+use super::verdict::{judge, tick_for, Decision, Observation, Queue, SlotMemory, OVERLOAD_TICKS};
 use crate::log::{self, Level};
 use crate::sys::{diag, procfs};
+
+/// How long without arrivals before the watch slows down to IDLE_TICK.
+pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// The tick of an idle group.
+pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The queues are read at least this often (sockets that stopped listening are freed),
+/// and whether still workers live is asked this often.
+const DIAG_AT_LEAST: Duration = Duration::from_secs(1);
+/// Under traffic without a stall candidate, the queues are read every this many ticks
+/// (the overload rule counts growth over those readings).
+const OVERLOAD_EVERY: u32 = 4;
 
 /// What the watch remembers of a group between ticks.
 #[derive(Debug, Default)]
@@ -48,24 +75,80 @@ pub(crate) struct WatchState {
     /// The errno of a rescue that failed for want of privilege (reported once).
     rescue_denied: Option<i32>,
     diag_failed: bool,
+    /// The sum of the group's arrival counters at the last tick.
+    traffic: u64,
+    /// Since when nothing arrived (None: something arrived at the last tick).
+    quiet_since: Option<Instant>,
+    /// Some queue was not empty at the last reading.
+    any_queue: bool,
+    /// Ticks since the queues were last read, and when.
+    ticks_since_diag: u32,
+    last_diag: Option<Instant>,
+    last_alive_check: Option<Instant>,
+    /// This tick's plan (plan() then tick()).
+    moved: bool,
 }
 
 impl WatchState {
+    /// Before a tick: whether it needs the queues (a sock_diag query).
+    pub(crate) fn plan(&mut self, s: &Group<'_>) -> bool {
+        let t = s.table;
+        let high = t.high();
+        let traffic = (0..high).map(|i| t.arrivals(i).load(Ordering::Relaxed) as u64).sum::<u64>()
+            + t.passed().load(Ordering::Relaxed) as u64;
+        let now = Instant::now();
+        self.moved = traffic != self.traffic;
+        self.traffic = traffic;
+        if self.moved {
+            self.quiet_since = None;
+        } else {
+            self.quiet_since.get_or_insert(now);
+        }
+        // A stall candidate: connections were sent to it since its last heartbeat, and
+        // that heartbeat has not moved since the last tick. An idle worker (nothing sent
+        // since it last looked) is not one, however still.
+        let candidate = (0..high).any(|i| {
+            let f = t.flags(i).load(Ordering::Acquire);
+            let beats = t.beats(i).load(Ordering::Relaxed);
+            f & FLAG_CLAIMED != 0
+                && f & FLAG_RETIRING == 0
+                && beats != 0
+                && t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed)
+                && self.slots.get(i).is_none_or(|m| m.last_beats() == beats)
+        });
+        let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
+        (self.moved && (candidate || self.ticks_since_diag >= OVERLOAD_EVERY)) || self.any_queue || due
+    }
+
+    /// When the group wants the next tick.
+    pub(crate) fn next_tick(&self, threshold: Duration) -> Duration {
+        let quiet = self.quiet_since.is_some_and(|since| since.elapsed() >= QUIET_AFTER);
+        if quiet && !self.any_queue {
+            IDLE_TICK
+        } else {
+            tick_for(threshold)
+        }
+    }
+
     /// One tick over group `s`: judges every claimed slot, applies the verdicts to the
-    /// shared flags, and rescues the queue of a slot found stalled.
+    /// shared flags, and rescues the queue of a slot found stalled. `listeners` is None
+    /// when plan() said the queues are not needed.
     pub(crate) fn tick(
         &mut self,
         s: &Group<'_>,
         threshold: Duration,
-        listeners: &io::Result<HashMap<u64, diag::Listener>>,
+        listeners: Option<&io::Result<HashMap<u64, diag::Listener>>>,
     ) {
         let st = self;
+        let t = s.table;
+        eligible::rebuild_if_dirty(t);
         let listeners = match listeners {
-            Ok(l) => {
+            None => None,
+            Some(Ok(l)) => {
                 st.diag_failed = false;
-                l
+                Some(l)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 if !st.diag_failed {
                     log::emit(Level::Warn, &format!("{}: health watch: cannot read the accept queues (sock_diag): {e}; stalled workers are not detected", s.addr));
                     st.diag_failed = true;
@@ -73,10 +156,24 @@ impl WatchState {
                 return;
             }
         };
-        st.slots.resize(SLOTS, SlotMemory::default());
-        let t = s.table;
         let now = Instant::now();
-        for i in 0..SLOTS {
+        if listeners.is_some() {
+            st.ticks_since_diag = 0;
+            st.last_diag = Some(now);
+            st.any_queue = false;
+        } else {
+            st.ticks_since_diag += 1;
+        }
+        let check_alive = st.last_alive_check.is_none_or(|at| now - at >= DIAG_AT_LEAST.max(threshold));
+        if check_alive {
+            st.last_alive_check = Some(now);
+            forget_dead_unlisted(s);
+        }
+        let high = t.high();
+        if st.slots.len() < high {
+            st.slots.resize(high, SlotMemory::default());
+        }
+        for i in 0..high {
             let flags = t.flags(i).load(Ordering::Acquire);
             if flags & FLAG_CLAIMED == 0 {
                 st.slots[i] = SlotMemory::default();
@@ -89,18 +186,31 @@ impl WatchState {
             if pid == 0 {
                 continue; // being claimed right now
             }
-            if !procfs::alive(pid) {
-                if t.flags(i).compare_exchange(flags, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            let beats = t.beats(i).load(Ordering::Relaxed);
+            let still = beats == st.slots[i].last_beats();
+            if still && check_alive && !procfs::alive(pid) {
+                if t.replace_flags(i, flags, 0) {
                     log::emit(Level::Debug, &format!("{}: slot {i}: worker {pid} is gone; slot freed", s.addr));
                 }
                 continue;
             }
-            let queue = listeners.get(&inode).map(|l| l.queue);
-            t.queue(i).store(queue.unwrap_or(0), Ordering::Relaxed);
-            let obs = Observation { beats: t.beats(i).load(Ordering::Relaxed), queue };
-            let d = judge(&mut st.slots[i], flags, obs, now, threshold);
+            let queue = match listeners {
+                None => Queue::Unread,
+                Some(l) => match l.get(&inode) {
+                    Some(found) => {
+                        t.queue(i).store(found.queue, Ordering::Relaxed);
+                        st.any_queue |= found.queue > 0;
+                        Queue::Len(found.queue)
+                    }
+                    None => {
+                        t.queue(i).store(0, Ordering::Relaxed);
+                        Queue::Missing
+                    }
+                },
+            };
+            let d = judge(&mut st.slots[i], flags, Observation { beats, queue }, now, threshold);
             if d.free {
-                if t.flags(i).compare_exchange(flags, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if t.replace_flags(i, flags, 0) {
                     log::emit(
                         Level::Debug,
                         &format!("{}: slot {i}: worker {pid}'s socket no longer listens; slot freed", s.addr),
@@ -109,17 +219,37 @@ impl WatchState {
                 continue;
             }
             if d.set != 0 {
-                t.flags(i).fetch_or(d.set, Ordering::AcqRel);
+                t.set_flags(i, d.set);
             }
             if d.clear != 0 {
-                t.flags(i).fetch_and(!d.clear, Ordering::AcqRel);
+                t.clear_flags(i, d.clear);
             }
-            report(s, i, pid, &d, queue.unwrap_or(0), threshold);
+            let q = if let Queue::Len(q) = queue { q } else { 0 };
+            report(s, i, pid, &d, q, threshold);
             if d.rescue {
-                if let Some(denied) = rescue::rescue(s, i, listeners, st.rescue_denied.is_some()) {
+                let l = listeners.expect("a rescue is decided on a tick that read the queues");
+                if let Some(denied) = rescue::rescue(s, i, l, st.rescue_denied.is_some()) {
                     st.rescue_denied = Some(denied);
                 }
             }
+        }
+    }
+}
+
+/// Workers the table could not hold that died without saying so: forgotten, so the
+/// group is steered again once the rest have gone.
+fn forget_dead_unlisted(s: &Group<'_>) {
+    let t = s.table;
+    if t.unlisted().load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for k in 0..OVERFLOW {
+        let pid = t.overflow(k).load(Ordering::Acquire);
+        if pid != 0
+            && !procfs::alive(pid)
+            && t.overflow(k).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            t.unlisted().fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

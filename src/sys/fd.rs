@@ -32,3 +32,20 @@ pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: dup is a fresh fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
+
+/// Raises this process's soft limit on open files to `want` (at most the hard limit);
+/// returns the new soft limit. For tests that hold thousands of sockets.
+#[cfg(test)]
+pub(crate) fn raise_nofile(want: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import traceback
 
-from prefork.load import Load
+from prefork.load import Load, cpu_split
 from prefork.reaping import become_subreaper, reap
 from prefork.wait import Failure, check
 
@@ -53,6 +53,8 @@ class Context:
         addresses); rate and concurrency default to the command line's, and a rate asked
         for is capped by the command line's (0: uncapped)."""
         rate = self.args.rate if rate is None else min(rate, self.args.rate or rate)
+        if self.args.pin and kw.get("cpus") is None:
+            kw["cpus"] = cpu_split()[0]
         load = Load(self.args.client, self.srv.dir, targets or self.srv.listens,
                     concurrency=concurrency or self.args.concurrency, rate=rate, quiet=False, **kw)
         self.loads.append(load)
@@ -76,6 +78,8 @@ def arguments(scenarios):
     common.add_argument("--rate", type=int, default=4000, help="new connections per second (0: as fast as possible)")
     common.add_argument("--concurrency", type=int, default=32, help="connections in flight at most")
     common.add_argument("--duration", type=float, default=3, help="seconds of load in serve, and of reloads in reload_storm")
+    common.add_argument("--pin", action="store_true",
+                        help="the load client on one CPU and the server on the others (benchmarks)")
     common.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log) even when passing")
     common.add_argument("scenario", choices=sorted(scenarios))
     servers = p.add_subparsers(dest="server", required=True)
@@ -187,6 +191,8 @@ def main():
     become_subreaper()
     workdir = tempfile.mkdtemp(prefix=f"e2e-{args.server}-{args.scenario}-")
     srv = make_server(args, workdir)
+    if args.pin:
+        srv.default_cpus = cpu_split()[1]
     if sc.patched_only and not (srv.strict or (srv.to_build and srv.to_build.kind == "patched")):
         print(f"SKIPPED: {args.scenario} tests the library's build only")
         shutil.rmtree(workdir, ignore_errors=True)

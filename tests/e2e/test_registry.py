@@ -23,7 +23,8 @@ class Registry(unittest.TestCase):
         self.scenarios = load_all()
         lists = cmake_lists()
         long = lists["REUSEPORT_LONG_SCENARIOS"]
-        self.rpserver = set(lists["REUSEPORT_SCENARIOS"] + lists["REUSEPORT_STALL_SCENARIOS"] + long)
+        self.rpserver = set(lists["REUSEPORT_SCENARIOS"] + lists["REUSEPORT_STALL_SCENARIOS"]
+                            + lists["REUSEPORT_FAULT_SCENARIOS"] + long)
         self.nginx_both = set(lists["REUSEPORT_NGINX_SCENARIOS"] + long + lists["REUSEPORT_NGINX_ADOPTION"]
                               + lists["REUSEPORT_NGINX_QUIC"])
         self.nginx_patched = set(lists["REUSEPORT_NGINX_PATCHED_ONLY"])

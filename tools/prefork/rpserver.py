@@ -27,6 +27,7 @@ class RpServer:
         self.workers = 0
         self.proc = None
         self.masters = set()  # every master seen, for stop()
+        self.default_cpus = None  # the CPUs start() binds the server to when given none
 
     strategy = "auto"
     user = None  # `user` directive: the workers of a root master drop to it
@@ -50,7 +51,9 @@ class RpServer:
 
     def start(self, prefix=(), cpus=None):
         """Runs the master (after `prefix`, a launcher's command line) and waits until its
-        workers run; returns them ({pid: generation}). cpus: bind every process to these."""
+        workers run; returns them ({pid: generation}). cpus: bind every process to these
+        (default: default_cpus, None unless a caller set it)."""
+        cpus = self.default_cpus if cpus is None else cpus
         self.proc = subprocess.Popen(list(prefix) + [self.binary, "-c", self.conf], stdin=subprocess.DEVNULL,
                                      preexec_fn=pinned(cpus))
         wait_for(lambda: os.path.exists(self.pid_path), 10, "the pid file")

@@ -7,7 +7,8 @@ Each run is one e2e.run scenario with the load client at saturation (--rate 0, 6
 connections in flight, a new connection per request): `serve` (nginx) or `steady`
 (rpserver) with no event, `reload10` (ten HUPs 0.3 s apart), `reload_storm` (a HUP every
 100 ms for --storm-seconds), `workers_change` (2 -> 4 -> 1 -> 3 by reload) and `upgrade`
-(USR2, WINCH, QUIT). The load client measures every request's latency, from the start of
+(USR2, WINCH, QUIT). The load client runs on one CPU and the server on the others
+(e2e.run --pin). The load client measures every request's latency, from the start of
 its connect to the complete response: p50, p99, p999, max. The table gives, per scenario
 and server, the median over rounds of each figure, and the patched / stock ratios (the
 median of the per-round ratios): the goal is at most 1.1."""
@@ -85,7 +86,7 @@ def main(args):
         for scenario in scenarios:
             for server in order:
                 extra = ["--client", args.client, "--sysctl", "0", "--rate", "0",
-                         "--concurrency", str(args.concurrency)]
+                         "--concurrency", str(args.concurrency), "--pin"]
                 if scenario == "reload_storm":
                     extra += ["--duration", str(args.storm_seconds)]
                 elif scenario == "steady":
@@ -120,9 +121,9 @@ def main(args):
 
     uname = platform.uname()
     print("# Reload latency: stock nginx, patched nginx, rpserver\n")
-    print(f"{time.strftime('%Y-%m-%d')}, commit {git_commit()}, Linux {uname.release}, {os.cpu_count()} CPUs shared "
-          f"by the load client and the servers; nginx {version}; {args.rounds} rounds, interleaved; the load client "
-          f"at saturation, {args.concurrency} connections in flight, a new connection per request; "
+    print(f"{time.strftime('%Y-%m-%d')}, commit {git_commit()}, Linux {uname.release}, {os.cpu_count()} CPUs (the load "
+          f"client pinned to one, the server to the others); nginx {version}; {args.rounds} rounds, interleaved; "
+          f"the load client at saturation, {args.concurrency} connections in flight, a new connection per request; "
           f"net.ipv4.tcp_migrate_req=0; {runs} runs in {elapsed / 60:.1f} min.\n")
     print("Latency in ms, the median over rounds of each run's figure.\n")
     print("| scenario | server | runs | requests | failed | p50 | p99 | p999 | max |")

@@ -12,7 +12,8 @@ import importlib
 from dataclasses import dataclass
 
 SCENARIOS = {}
-MODULES = ("lifecycle", "bad_clients", "privileges", "nginx_features", "stall", "adoption", "quic", "debian")
+MODULES = ("lifecycle", "bad_clients", "privileges", "nginx_features", "stall", "faults", "adoption", "quic",
+           "debian")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class Adapter:
     def __init__(self):
         self.timeline = []  # (time.monotonic(), what): the signals sent
         self.kills = []  # (pid, sent_ns, dead_ns) of each SIGKILL
+        self.default_cpus = None  # the CPUs start() binds the server to when given none
 
     @property
     def ports(self):

@@ -224,7 +224,8 @@ class Nginx(Adapter):
     def start(self, cpus=None):
         """nginx daemonizes: the command returns once the master runs (its listen sockets
         are open by then); then waits for the pid file and the workers, and returns them.
-        cpus: bind nginx (and every process it forks) to these."""
+        cpus: bind nginx (and every process it forks) to these (default: default_cpus)."""
+        cpus = self.default_cpus if cpus is None else cpus
         p = subprocess.run(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=30, preexec_fn=pinned(cpus))
         check(p.returncode == 0, f"nginx did not start (exit {p.returncode}): {p.stdout.strip()}")
