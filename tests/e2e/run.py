@@ -95,6 +95,7 @@ def arguments(scenarios):
     ng.add_argument("--to-kind", choices=("stock", "patched"), help="default: from the prefix's name")
     ng.add_argument("--steering", choices=("on", "off"), default="on",
                     help="off: the patched build runs with reuseport_health_threshold 0")
+    ng.add_argument("--master-user", help="run the master as this user (no capabilities: no BPF), not root")
     return p.parse_args()
 
 
@@ -102,7 +103,8 @@ def make_server(args, workdir):
     if args.server == "rpserver":
         return Rpserver(args.binary, workdir, args.strategy)
     to = NginxBuild.at(args.to_prefix, args.to_kind) if args.to_prefix else None
-    return Nginx(NginxBuild.at(args.prefix, args.kind, args.version), workdir, to, args.steering == "on")
+    return Nginx(NginxBuild.at(args.prefix, args.kind, args.version), workdir, to, args.steering == "on",
+                 args.master_user)
 
 
 def summary(name, r, lost, slack):

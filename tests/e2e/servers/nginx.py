@@ -27,6 +27,7 @@ from prefork.load import pinned
 from prefork.reaping import reap, stop_all
 from prefork.wait import Failure, check, wait_for
 
+from ..unprivileged import copy_for_others
 from .base import Adapter
 
 PORT = 8080
@@ -84,18 +85,26 @@ class Nginx(Adapter):
     name = "nginx"
     addresses = [f"127.0.0.1:{PORT}", f"[::1]:{PORT}"]
 
-    def __init__(self, build, workdir, to_build=None, steering=True):
+    def __init__(self, build, workdir, to_build=None, steering=True, master_user=None):
         """to_build: the build an in-place upgrade adopts (swap_binary()): nginx then runs
         from a copy of the binary in the work directory, as an installed nginx runs from
         its path, and the upgrade replaces that file. steering False: the patched build
-        runs with `reuseport_health_threshold 0` (the library's migration program only)."""
+        runs with `reuseport_health_threshold 0` (the library's migration program only).
+        master_user: run the master as this user (from root, through setpriv: no
+        capability left, so no CAP_BPF and no program), as a non-root user starts nginx on
+        an unprivileged port; the work directory becomes writable for it."""
         super().__init__()
+        self.master_user = master_user
         self.build = self.first_build = build
         self.to_build = to_build
         self.steering = steering
         self.dir = workdir
         os.chmod(workdir, 0o755)  # workers run as nobody
         self.binary = build.binary
+        if master_user is not None:
+            os.chmod(workdir, 0o777)  # its pid file, logs and temp directories
+            if to_build is None:
+                self.binary = copy_for_others(build.binary, workdir)
         # What differs between the builds' configs (the patch's directive), included from
         # the main config so that a binary swap changes only this file.
         self.build_conf = os.path.join(workdir, "build.conf") if to_build or not steering else None
@@ -105,6 +114,8 @@ class Nginx(Adapter):
         self.use_build(build)
         # nginx opens PREFIX/logs/error.log before reading the config (else it complains).
         os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+        if master_user is not None:
+            os.chmod(os.path.join(workdir, "logs"), 0o777)
         self.conf = os.path.join(workdir, "nginx.conf")
         self.pid_path = os.path.join(workdir, "nginx.pid")
         self.log = os.path.join(workdir, "error.log")
@@ -139,7 +150,7 @@ class Nginx(Adapter):
             reuseport = {line.split()[0] for srv in servers for line in srv if "reuseport" in line.split()[1:]}
             self.plain = sorted({line.split()[0] for srv in servers for line in srv} - reuseport)
         self.workers = ncpu() if workers == "auto" else workers
-        user = f"user nobody {nogroup()};\n" if os.getuid() == 0 else ""
+        user = f"user nobody {nogroup()};\n" if self.privileged_master() else ""
         if servers is None:
             servers = [[f"{spec} reuseport" for spec in listens]]
         server_blocks = ""
@@ -218,8 +229,19 @@ class Nginx(Adapter):
     def ports(self):
         return {int(spec.rsplit(":", 1)[1]) for spec in self.listens + self.plain}
 
+    def privileged_master(self):
+        return os.getuid() == 0 and self.master_user is None
+
     def command(self, *args):
-        return [self.binary, "-p", self.dir + "/", "-c", self.conf] + list(args)
+        return self.launcher() + [self.binary, "-p", self.dir + "/", "-c", self.conf] + list(args)
+
+    def launcher(self):
+        """setpriv as the master's user: its real, effective and saved uids and gids, no
+        supplementary groups, and (setresuid from root clears them) no capabilities."""
+        if self.master_user is None:
+            return []
+        pw = pwd.getpwnam(self.master_user)
+        return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
 
     def start(self, cpus=None):
         """nginx daemonizes: the command returns once the master runs (its listen sockets
@@ -408,7 +430,11 @@ class Nginx(Adapter):
         address without reuseport has one socket, held by the master and every worker."""
         workers = self.workers_of(master)
         check(len(workers) == self.workers, f"master {master} runs {len(workers)} workers, expected {self.workers}")
-        if os.getuid() == 0:
+        if self.master_user is not None:
+            uid = pwd.getpwnam(self.master_user).pw_uid
+            for pid in [master] + workers:
+                check(procfs.uid_of(pid) == uid, f"process {pid} runs as uid {procfs.uid_of(pid)}, not {self.master_user}")
+        elif os.getuid() == 0:
             check(procfs.uid_of(master) == 0, f"master {master} runs as uid {procfs.uid_of(master)}")
             uid = pwd.getpwnam(self.worker_user).pw_uid
             for pid in workers:
@@ -445,6 +471,9 @@ class Nginx(Adapter):
                           nginx_version=f"{self.first_build.version}>{self.to_build.version}")
         if not self.steering:
             fields["steering"] = "off"
+        if self.master_user is not None:
+            # no capability: no program, so no steering whatever the config says
+            fields["steering"] = f"none ({self.master_user} master)"
         return fields
 
     # -- the end --
