@@ -24,8 +24,6 @@ static void ngx_reuseport_set_fds(ngx_cycle_t *cycle);
 static void ngx_reuseport_watch_signal(int signo);
 static void ngx_reuseport_arm(ngx_cycle_t *cycle, int ms);
 static void ngx_reuseport_retire_handler(ngx_event_t *ev);
-static void ngx_reuseport_remember_listeners(ngx_cycle_t *cycle);
-static int ngx_reuseport_take(int fd, size_t index, void *user);
 
 
 #define NGX_REUSEPORT_QUIT_TICK  250
@@ -35,10 +33,6 @@ sig_atomic_t  ngx_reuseport_watch_due;
 
 static timer_t      ngx_reuseport_timer;
 static ngx_event_t  ngx_reuseport_retire_ev;
-
-/* while retiring: the managed listeners, by the set's index */
-static ngx_listening_t  **ngx_reuseport_retiring;
-static ngx_uint_t         ngx_reuseport_nretiring;
 static int          ngx_reuseport_timer_ms = -1;
 
 
@@ -348,8 +342,6 @@ ngx_reuseport_close(ngx_cycle_t *cycle)
          * finishes its requests, and the worker exits only once it is done
          */
 
-        ngx_reuseport_remember_listeners(cycle);
-
         ngx_reuseport_retire_ev.handler = ngx_reuseport_retire_handler;
         ngx_reuseport_retire_ev.data = cycle;
         ngx_reuseport_retire_ev.log = cycle->log;
@@ -372,12 +364,7 @@ ngx_reuseport_retire_handler(ngx_event_t *ev)
 
     cycle = ev->data;
 
-    /*
-     * what is still queued on the leaving sockets, or arrives before they
-     * close, is served here rather than after migrating to a sibling
-     */
-
-    rc = reuseport_retire(cycle->reuseport, ngx_reuseport_take, cycle);
+    rc = reuseport_retire(cycle->reuseport, NULL, NULL);
 
     if (rc > 0) {
         /* not cancelable: the worker waits for it before it exits */
@@ -392,153 +379,6 @@ ngx_reuseport_retire_handler(ngx_event_t *ev)
                       "as root or set net.ipv4.tcp_migrate_req=1");
         (void) reuseport_master_release(cycle->reuseport);
     }
-}
-
-
-static void
-ngx_reuseport_remember_listeners(ngx_cycle_t *cycle)
-{
-    ngx_uint_t        i;
-    ngx_listening_t  *ls;
-
-    ngx_reuseport_nretiring = 0;
-    ngx_reuseport_retiring = ngx_palloc(cycle->pool, cycle->listening.nelts
-                                                     * sizeof(ngx_listening_t *));
-    if (ngx_reuseport_retiring == NULL) {
-        return;
-    }
-
-    ls = cycle->listening.elts;
-    for (i = 0; i < cycle->listening.nelts; i++) {
-        if (ngx_reuseport_managed(&ls[i]) && !ls[i].ignore) {
-            ngx_reuseport_retiring[ngx_reuseport_nretiring++] = &ls[i];
-        }
-    }
-}
-
-
-/*
- * a connection the retire accepted on listener "index": the part of
- * ngx_event_accept() after accept(), then the listener's handler; on failure
- * it is refused and the library closes it
- */
-
-static int
-ngx_reuseport_take(int fd, size_t index, void *user)
-{
-    ngx_log_t         *log;
-    socklen_t          socklen;
-    ngx_cycle_t       *cycle;
-    ngx_sockaddr_t     sa;
-    ngx_listening_t   *ls;
-    ngx_connection_t  *c;
-
-    cycle = user;
-
-    if (index >= ngx_reuseport_nretiring) {
-        return -1;
-    }
-
-    ls = ngx_reuseport_retiring[index];
-
-    socklen = sizeof(ngx_sockaddr_t);
-
-    if (getpeername(fd, &sa.sockaddr, &socklen) == -1) {
-        ngx_log_error(NGX_LOG_INFO, cycle->log, ngx_socket_errno,
-                      "getpeername() of a connection accepted on retire "
-                      "failed");
-        return -1;
-    }
-
-    c = ngx_get_connection(fd, cycle->log);
-    if (c == NULL) {
-        return -1;
-    }
-
-    c->type = SOCK_STREAM;
-
-    c->pool = ngx_create_pool(ls->pool_size, cycle->log);
-    if (c->pool == NULL) {
-        goto failed;
-    }
-
-    c->sockaddr = ngx_palloc(c->pool, socklen);
-    log = ngx_palloc(c->pool, sizeof(ngx_log_t));
-    if (c->sockaddr == NULL || log == NULL) {
-        goto failed;
-    }
-
-    ngx_memcpy(c->sockaddr, &sa, socklen);
-    *log = ls->log;
-
-    c->recv = ngx_recv;
-    c->send = ngx_send;
-    c->recv_chain = ngx_recv_chain;
-    c->send_chain = ngx_send_chain;
-
-    c->log = log;
-    c->pool->log = log;
-
-    c->socklen = socklen;
-    c->listening = ls;
-    c->local_sockaddr = ls->sockaddr;
-    c->local_socklen = ls->socklen;
-
-    c->write->ready = 1;
-
-#if (NGX_HAVE_DEFERRED_ACCEPT)
-    if (ls->deferred_accept) {
-        c->read->ready = 1;
-#if (NGX_HAVE_EPOLLRDHUP)
-        c->read->available = 1;
-#endif
-    }
-#endif
-
-    c->read->log = log;
-    c->write->log = log;
-
-    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
-    c->start_time = ngx_current_msec;
-
-    if (ls->addr_ntop) {
-        c->addr_text.data = ngx_pnalloc(c->pool, ls->addr_text_max_len);
-        if (c->addr_text.data == NULL) {
-            goto failed;
-        }
-
-        c->addr_text.len = ngx_sock_ntop(c->sockaddr, c->socklen,
-                                         c->addr_text.data,
-                                         ls->addr_text_max_len, 0);
-        if (c->addr_text.len == 0) {
-            goto failed;
-        }
-    }
-
-    if (ngx_add_conn && (ngx_event_flags & NGX_USE_EPOLL_EVENT) == 0) {
-        if (ngx_add_conn(c) == NGX_ERROR) {
-            goto failed;
-        }
-    }
-
-    log->data = NULL;
-    log->handler = NULL;
-
-    ls->handler(c);
-
-    return 0;
-
-failed:
-
-    /* the fd stays open: the library closes it */
-
-    if (c->pool) {
-        ngx_destroy_pool(c->pool);
-    }
-
-    ngx_free_connection(c);
-
-    return -1;
 }
 
 
