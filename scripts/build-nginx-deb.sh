@@ -19,6 +19,11 @@
 #    static library and the system libraries it needs; nginx puts its --with-ld-opt after
 #    its objects).
 # 5. dpkg-buildpackage -b -uc -us: the .debs land in target/nginx-deb/<suite>/.
+# 6. Debian's own nginx and nginx-common binary packages of the same version (`apt-get
+#    download`, same private configuration), unpacked beside them: the stock binary a
+#    user runs after `apt install nginx`, for the adoption scenarios (stock package to
+#    patched package and back). Prefixes: target/nginx-deb-<suite>-patched and
+#    target/nginx-deb-<suite>-stock.
 #
 # Incremental: nothing is rebuilt when the source version, the patch and the library are
 # those of the last build. Prints the directory of the .debs last. Exit 77 when this user
@@ -72,7 +77,7 @@ cmake -DCARGO=cargo -DSOURCE_DIR="$ROOT" -DTARGET_DIR="$ROOT/target" -DPROFILE=r
     || die "the library did not build"
 
 # --- Debian's source ------------------------------------------------------------------
-private_apt_update "$SUITE" || skip "apt-get update of $SUITE's sources failed"
+APT_BINARIES=1 private_apt_update "$SUITE" || skip "apt-get update of $SUITE's package lists failed"
 src_dir=""
 for v in $(private_apt_source_versions nginx); do
     upstream=${v#*:}
@@ -116,9 +121,36 @@ unpack() {
     say "unpacked: $root; prefix for the scenarios: $prefix"
 }
 
+# Debian's own binary packages of the version built, unpacked into
+# target/nginx-deb/<suite>/stock-root, and the prefix target/nginx-deb-<suite>-stock.
+stock_package() {
+    local root=$OUT/stock-root prefix=$ROOT/target/nginx-deb-$SUITE-stock dir=$OUT/stock tmp deb
+    if ! ls "$dir"/nginx_"${DEB_VERSION#*:}"_*.deb "$dir"/nginx-common_"${DEB_VERSION#*:}"_*.deb >/dev/null 2>&1; then
+        tmp=$(private_apt_tmpdir)
+        say "apt-get download nginx=$DEB_VERSION nginx-common=$DEB_VERSION (Debian's own binaries, private apt configuration)"
+        (cd "$tmp" && private_apt_get download -qq "nginx=$DEB_VERSION" "nginx-common=$DEB_VERSION" >/dev/null 2>&1) \
+            || { rm -rf "$tmp"; die "Debian's nginx $DEB_VERSION binary packages could not be downloaded from $APT_MIRROR $SUITE (the adoption scenarios need them)"; }
+        rm -rf "$dir"
+        mv "$tmp" "$dir"
+    fi
+    if [ -x "$prefix/sbin/nginx" ] && [ "$(cat "$root/.version" 2>/dev/null)" = "$DEB_VERSION" ]; then
+        return 0
+    fi
+    rm -rf "$root" "$prefix"
+    mkdir -p "$root" "$prefix/sbin"
+    for deb in "$dir"/nginx_*.deb "$dir"/nginx-common_*.deb; do
+        dpkg-deb -x "$deb" "$root"
+    done
+    echo "$DEB_VERSION" >"$root/.version"
+    ln -s "$root/usr/sbin/nginx" "$prefix/sbin/nginx"
+    ln -s "$root/etc/nginx" "$prefix/conf"
+    say "Debian's nginx $DEB_VERSION unpacked: $root; prefix for the scenarios: $prefix"
+}
+
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$stamp_want" ] && ls "$OUT"/nginx_*+reuseport1_*.deb >/dev/null 2>&1; then
     say "up to date: $OUT"
     [ -x "$ROOT/target/nginx-deb-$SUITE-patched/sbin/nginx" ] || unpack
+    stock_package
     echo "$OUT"
     exit 0
 fi
@@ -163,6 +195,7 @@ export DEB_BUILD_OPTIONS="parallel=$(nproc) nocheck"
 mv "$(dirname "$src_dir")"/*.deb "$OUT"/
 mv "$(dirname "$src_dir")"/*.buildinfo "$(dirname "$src_dir")"/*.changes "$OUT"/ 2>/dev/null || true
 unpack
+stock_package
 echo "$stamp_want" >"$OUT/stamp"
 say "built: $(cd "$OUT" && ls ./*.deb | xargs)"
 echo "$OUT"

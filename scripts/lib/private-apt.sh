@@ -6,7 +6,8 @@
 # Sourced by scripts/build-nginx.sh and scripts/build-nginx-deb.sh; needs $ROOT and say().
 #
 # private_apt_update SUITE...     writes the list (if it changed) and updates it when it
-#                                 changed or is older than a day
+#                                 changed or is older than a day; APT_BINARIES=1 adds the
+#                                 suites' binary packages
 # private_apt_get ARGS...         apt-get with the private configuration
 # private_apt_cache ARGS...       apt-cache with it
 # private_apt_source_versions P   the source versions of package P it knows, newest first
@@ -33,11 +34,15 @@ private_apt_cache() {
     apt-cache "${opts[@]}" "$@"
 }
 
-# The deb-src lines for the suites, one per suite (apt's one-line format takes one).
+# The lines for the suites, one per suite and kind (apt's one-line format takes one):
+# deb-src, and deb too when APT_BINARIES=1 (Debian's own binary packages, for
+# `private_apt_get download`).
 private_apt_list() {
-    local suite
+    local suite kind
     for suite in "$@"; do
-        printf 'deb-src [signed-by=%s] %s %s main\n' "$APT_KEYRING" "$APT_MIRROR" "$suite"
+        for kind in deb-src ${APT_BINARIES:+deb}; do
+            printf '%s [signed-by=%s] %s %s main\n' "$kind" "$APT_KEYRING" "$APT_MIRROR" "$suite"
+        done
     done
 }
 

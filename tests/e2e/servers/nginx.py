@@ -463,12 +463,12 @@ class Nginx(Adapter):
         pass
 
     def record_fields(self):
-        fields = {"server": self.build.kind, "nginx_version": self.build.version}
-        if os.path.basename(self.build.prefix).startswith("nginx-deb"):
-            fields["nginx_version"] += " deb"  # Debian's package (scripts/build-nginx-deb.sh)
+        def version(build):  # " deb": Debian's package (scripts/build-nginx-deb.sh)
+            return build.version + (" deb" if os.path.basename(build.prefix).startswith("nginx-deb") else "")
+        fields = {"server": self.build.kind, "nginx_version": version(self.build)}
         if self.to_build is not None:
             fields.update(server=f"{self.first_build.kind}>{self.to_build.kind}",
-                          nginx_version=f"{self.first_build.version}>{self.to_build.version}")
+                          nginx_version=f"{version(self.first_build)}>{version(self.to_build)}")
         if not self.steering:
             fields["steering"] = "off"
         if self.master_user is not None:
