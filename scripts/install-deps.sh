@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what building and testing need on Debian 12 (cmake, a C compiler, valgrind for
-# the misuse test, iproute2 and util-linux for network-namespace tests). Needs root or sudo
+# the misuse test, iproute2 and util-linux for network-namespace tests, pkg-config for the
+# consumer tests, bpftool for the soak). Needs root or sudo
 # when something is missing; does nothing when everything is there. Rust (cargo) itself is
 # a prerequisite: https://rustup.rs.
 set -eu
@@ -18,6 +19,8 @@ need python3 python3
 need pkill procps
 # the soak counts the kernel's BPF programs and maps (scripts/soak.sh)
 need bpftool bpftool
+# the consumer tests build against the installed library with it
+need pkg-config pkg-config
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     echo "cargo not found: install Rust (rustup) first" >&2

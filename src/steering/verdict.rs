@@ -30,6 +30,12 @@ pub struct SlotMemory {
     last_queue: u32,
     /// Since when connections wait while the heartbeat stands still.
     pending_since: Option<Instant>,
+    /// The first tick since the worker's last heartbeat that saw connections sent to it
+    /// after that heartbeat: they have waited at least since then. Known from the slot's
+    /// counters on every tick, also those that do not read the queues, so a stall's clock
+    /// starts at the first tick after its first unseen connection, not at the first queue
+    /// reading after the heartbeat stopped (which is a tick or two later).
+    unseen_since: Option<Instant>,
     stale_since: Option<Instant>,
     last_rescue: Option<Instant>,
     growth: u32,
@@ -53,6 +59,9 @@ impl SlotMemory {
 pub struct Observation {
     pub beats: u64,
     pub queue: Queue,
+    /// Connections were sent to it since its last heartbeat (the program's arrival counter
+    /// differs from what the heartbeat recorded).
+    pub unseen: bool,
 }
 
 /// A slot's accept queue as one tick saw it.
@@ -83,7 +92,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     }
     let queue = match obs.queue {
         Queue::Len(q) => q,
-        Queue::Unread => return judge_beats_only(m, flags, obs.beats),
+        Queue::Unread => return judge_beats_only(m, flags, obs, now),
         Queue::Missing => {
             // Not listening any more (closed without retiring, or between shutdown and listen
             // of a rescue): free the slot if that lasts.
@@ -94,6 +103,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     };
     m.missing_since = None;
     let advanced = obs.beats != m.last_beats;
+    track_unseen(m, advanced, obs.unseen, now);
     m.last_beats = obs.beats;
     let last_queue = std::mem::replace(&mut m.last_queue, queue);
     if obs.beats == 0 {
@@ -125,7 +135,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         m.pending_since = None; // idle, or already rescued
         return d;
     }
-    let pending = *m.pending_since.get_or_insert(now);
+    let pending = *m.pending_since.get_or_insert(m.unseen_since.unwrap_or(now));
     let mut stale_since = m.stale_since;
     if flags & FLAG_STALE == 0 && now - pending >= threshold {
         d.set |= FLAG_STALE;
@@ -145,8 +155,10 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
 
 /// A tick that did not read the queues: a moving heartbeat still brings a stalled worker
 /// back (nothing else is decided without the queue).
-fn judge_beats_only(m: &mut SlotMemory, flags: u32, beats: u64) -> Decision {
+fn judge_beats_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant) -> Decision {
     let mut d = Decision::default();
+    let beats = obs.beats;
+    track_unseen(m, beats != m.last_beats, obs.unseen, now);
     if beats == m.last_beats || beats == 0 {
         return d;
     }
@@ -157,6 +169,17 @@ fn judge_beats_only(m: &mut SlotMemory, flags: u32, beats: u64) -> Decision {
         m.stale_since = None;
     }
     d
+}
+
+/// A heartbeat restarts the clock of what waits unseen; without one, the first tick that
+/// sees unseen connections starts it, and a tick that sees none (the worker caught up
+/// without beating, or nothing was sent) stops it.
+fn track_unseen(m: &mut SlotMemory, advanced: bool, unseen: bool, now: Instant) {
+    if advanced || !unseen {
+        m.unseen_since = unseen.then_some(now);
+    } else {
+        m.unseen_since.get_or_insert(now);
+    }
 }
 
 impl SlotMemory {
@@ -175,7 +198,11 @@ mod tests {
     const T: Duration = Duration::from_millis(100);
 
     fn obs(beats: u64, queue: u32) -> Observation {
-        Observation { beats, queue: Queue::Len(queue) }
+        Observation { beats, queue: Queue::Len(queue), unseen: false }
+    }
+
+    fn unseen(beats: u64, queue: Queue) -> Observation {
+        Observation { beats, queue, unseen: true }
     }
 
     #[test]
@@ -239,7 +266,7 @@ mod tests {
     fn without_the_queue_only_a_moving_heartbeat_counts() {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
-        let unread = |beats| Observation { beats, queue: Queue::Unread };
+        let unread = |beats| Observation { beats, queue: Queue::Unread, unseen: false };
         judge(&mut m, LIVE, obs(5, 4), t0, T);
         assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread(5), t0 + T, T), Decision::default());
         let d = judge(&mut m, LIVE | FLAG_STALE, unread(6), t0 + T, T);
@@ -252,8 +279,51 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         assert_eq!(judge(&mut m, LIVE | FLAG_RETIRING, obs(1, 100), t0, T), Decision::default());
-        let gone = Observation { beats: 1, queue: Queue::Missing };
+        let gone = Observation { beats: 1, queue: Queue::Missing, unseen: false };
         assert!(!judge(&mut m, LIVE, gone, t0, T).free);
         assert!(judge(&mut m, LIVE, gone, t0 + T, T).free);
+    }
+
+    #[test]
+    fn a_stall_is_timed_from_the_first_tick_that_saw_unseen_connections() {
+        // The worker beat (5), then stopped; a connection was sent to it before the tick
+        // at 0, which did not read the queues. The tick at 25 reads them: the stall's
+        // clock started at 0, so the verdict comes at 100, the threshold after it.
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        judge(&mut m, LIVE, obs(4, 0), at(0) - Duration::from_millis(25), T);
+        assert_eq!(judge(&mut m, LIVE, unseen(5, Queue::Unread), at(0), T), Decision::default());
+        assert_eq!(judge(&mut m, LIVE, unseen(5, Queue::Len(2)), at(25), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, unseen(5, Queue::Len(7)), at(75), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, unseen(5, Queue::Len(9)), at(100), T).set, FLAG_STALE);
+    }
+
+    #[test]
+    fn unseen_connections_a_looping_worker_picks_up_never_start_a_stall() {
+        // Connections keep arriving between heartbeats (every tick sees some unseen), and
+        // the queue is never empty when read, but the heartbeat moves at every tick.
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        for k in 0..40u64 {
+            let d = judge(&mut m, LIVE, unseen(10 + k, Queue::Len(3)), t0 + Duration::from_millis(25 * k), T);
+            assert_eq!(d.set & FLAG_STALE, 0, "tick {k}");
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_woken_by_a_connection_is_not_stalled() {
+        // Idle for seconds (old heartbeat); a tick catches a connection sent to it before
+        // it woke (unseen, queued); it beats at once, so the next tick sees it moved.
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        judge(&mut m, LIVE, obs(5, 0), at(0), T);
+        assert_eq!(judge(&mut m, LIVE, unseen(5, Queue::Len(1)), at(5000), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, obs(6, 0), at(5025), T), Decision::default());
+        // ...and an unseen connection caught later starts a new clock, not the old one.
+        assert_eq!(judge(&mut m, LIVE, unseen(6, Queue::Len(1)), at(9000), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, unseen(6, Queue::Len(1)), at(9075), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, unseen(6, Queue::Len(1)), at(9100), T).set, FLAG_STALE);
     }
 }

@@ -208,7 +208,8 @@ impl WatchState {
                     }
                 },
             };
-            let d = judge(&mut st.slots[i], flags, Observation { beats, queue }, now, threshold);
+            let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
+            let d = judge(&mut st.slots[i], flags, Observation { beats, queue, unseen }, now, threshold);
             if d.free {
                 if t.replace_flags(i, flags, 0) {
                     log::emit(

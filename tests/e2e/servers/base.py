@@ -8,7 +8,7 @@ import signal
 import time
 
 from prefork import procfs
-from prefork.wait import Failure
+from prefork.wait import Failure, check
 
 from ..verdict import Kill
 
@@ -74,6 +74,18 @@ class Adapter:
         for w in self.workers_of(master):
             counts[w] = len(procfs.listen_sockets_of(w, listening))
         return counts
+
+    def check_worker_sockets(self, workers, sockets_of):
+        """The library's layout in the workers: each holds exactly one listen socket per
+        address, and no two hold the same one. sockets_of(pid): the inodes it holds."""
+        seen = {}
+        for pid in workers:
+            held = sockets_of(pid)
+            check(len(held) == len(self.listens),
+                  f"worker {pid} holds {len(held)} listen sockets, expected {len(self.listens)}")
+            for ino in held:
+                check(ino not in seen, f"workers {seen.get(ino)} and {pid} share listen socket {ino}")
+                seen[ino] = pid
 
     def describe_signals(self, since):
         return ", ".join(f"{t - since:.3f} {what}" for t, what in self.timeline)

@@ -450,14 +450,7 @@ class Nginx(Adapter):
             return
         held_by_master = self.reuseport_sockets_of(master, listening)
         check(held_by_master == [], f"master {master} holds {len(held_by_master)} listen sockets, expected 0")
-        seen = {}
-        for pid in workers:
-            held = self.reuseport_sockets_of(pid, listening)
-            check(len(held) == len(self.listens),
-                  f"worker {pid} holds {len(held)} listen sockets, expected {len(self.listens)}")
-            for ino in held:
-                check(ino not in seen, f"workers {seen.get(ino)} and {pid} share listen socket {ino}")
-                seen[ino] = pid
+        self.check_worker_sockets(workers, lambda pid: self.reuseport_sockets_of(pid, listening))
 
     def final_checks(self):
         pass

@@ -60,16 +60,11 @@ class Rpserver(Adapter, RpServer):
         listening = procfs.listeners()
         held = procfs.listen_sockets_of(master, listening)
         check(held == [], f"master {master} holds listen sockets {held}")
-        seen = {}
-        for pid in self.workers_of(master):
-            if os.getuid() == 0:  # workers of a root master drop to nobody; others are nobody already
+        workers = self.workers_of(master)
+        if os.getuid() == 0:  # workers of a root master drop to nobody; others are nobody already
+            for pid in workers:
                 check(procfs.uid_of(pid) == 65534, f"worker {pid} runs as uid {procfs.uid_of(pid)}, not nobody")
-            held = procfs.listen_sockets_of(pid, listening)
-            check(len(held) == len(self.listens),
-                  f"worker {pid} holds {len(held)} listen sockets, expected {len(self.listens)}")
-            for ino in held:
-                check(ino not in seen, f"workers {seen.get(ino)} and {pid} share socket {ino}")
-                seen[ino] = pid
+        self.check_worker_sockets(workers, lambda pid: procfs.listen_sockets_of(pid, listening))
 
     def final_checks(self):
         """Every listener got the strategy asked for (auto: whatever the library chose)."""
