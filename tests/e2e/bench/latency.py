@@ -25,6 +25,9 @@ from .runs import default, failed_of, require_root, run_scenario
 
 SCENARIOS = ["steady", "reload10", "reload_storm", "workers_change", "upgrade"]
 SERVERS = ["nginx stock", "nginx patched", "rpserver"]
+# Not in the default list: patched nginx with `reuseport_health_threshold 0` (the library's
+# migration program, no steering), to tell what steering costs from what the rest costs.
+NOSTEER = "nginx patched-nosteer"
 FIGURES = ("p50", "p99", "p999", "max")
 GOAL = 1.1
 
@@ -36,7 +39,8 @@ def add_arguments(p):
     p.add_argument("--client", default=default("build", "c-examples", "loadclient"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, of: " + ", ".join(SERVERS))
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   help="comma-separated, of: " + ", ".join(SERVERS + [NOSTEER]))
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--steady-seconds", type=float, default=10, help="length of nginx's steady run")
     p.add_argument("--storm-seconds", type=float, default=10, help="length of the reload storm")
@@ -46,6 +50,8 @@ def server_args(args, server):
     if server == "rpserver":
         return ["rpserver", "--binary", args.rpserver, "--strategy", "bpf"]
     kind = server.split()[1]
+    if server == NOSTEER:
+        return ["nginx", "--prefix", args.patched, "--kind", "patched", "--steering", "off"]
     return ["nginx", "--prefix", getattr(args, kind), "--kind", kind]
 
 
@@ -67,11 +73,12 @@ def main(args):
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
     for s in servers + scenarios:
-        if s not in SERVERS + SCENARIOS:
+        if s not in SERVERS + [NOSTEER] + SCENARIOS:
             print(f"unknown server or scenario {s!r}", file=sys.stderr)
             return 2
     for s in servers:
-        binary = args.rpserver if s == "rpserver" else os.path.join(getattr(args, s.split()[1]), "sbin", "nginx")
+        prefix = args.patched if s == NOSTEER else getattr(args, s.split()[1], None)
+        binary = args.rpserver if s == "rpserver" else os.path.join(prefix, "sbin", "nginx")
         if not os.access(binary, os.X_OK):
             print(f"{binary} not found: run scripts/build.sh and scripts/build-nginx.sh", file=sys.stderr)
             return 2
@@ -135,13 +142,15 @@ def main(args):
                 continue
             print(f"| {scenario} | {server} | {f['runs']} | {f['requests']} | {f['failed']} | "
                   + " | ".join(ms(median(f[k])) for k in FIGURES) + " |")
-    if "nginx stock" in servers and "nginx patched" in servers:
-        print("\n## Patched / stock nginx\n")
+    for patched in ("nginx patched", NOSTEER):
+        if "nginx stock" not in servers or patched not in servers:
+            continue
+        print(f"\n## {'Patched' if patched == 'nginx patched' else 'Patched without steering'} / stock nginx\n")
         print(f"The median over rounds of the per-round ratio; the goal is at most {GOAL} in every scenario.\n")
         print("| scenario | p50 | p99 | p999 | max | goal met |")
         print("|---|---|---|---|---|---|")
         for scenario in scenarios:
-            s, p = figures.get((scenario, "nginx stock")), figures.get((scenario, "nginx patched"))
+            s, p = figures.get((scenario, "nginx stock")), figures.get((scenario, patched))
             if not s or not p:
                 continue
             ratios = {}
