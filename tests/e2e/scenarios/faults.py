@@ -32,7 +32,8 @@ import time
 from prefork import procfs
 from prefork.wait import check, wait_for
 
-from .. import Skip
+from .. import Skip, verdict
+from ..stall import stall
 from ..verdict import failed_of
 from . import scenario
 from .http import connectable
@@ -301,3 +302,178 @@ def bpf_lost_seccomp(srv, ctx):
     """bpf_lost() with a seccomp filter making bpf(BPF_MAP_CREATE) and bpf(BPF_PROG_LOAD)
     fail with EPERM in the master (inherited by its workers and across exec)."""
     return bpf_lost(srv, ctx, "seccomp")
+
+
+# ---- a worker stopped for minutes -----------------------------------------------------
+
+LONG_STALL_S = float(os.environ.get("E2E_LONG_STALL_S", "25"))
+NOT_ACCEPTING = "is not accepting"
+
+
+@scenario(servers=["rpserver"])
+def stall_long(srv, ctx):
+    """Two steered workers on 127.0.0.1:8080 under the regular load (4,000 new connections
+    a second, 3 s client timeout); the second is stopped (SIGSTOP) for 25 s
+    (E2E_LONG_STALL_S: minutes, by hand), then continued. It is declared stalled once (the
+    log), nothing fails but what it had accepted (its queue is served by the other: a
+    connection left waiting there would time out many times over), the other serves
+    alone meanwhile, and after SIGCONT a separate load reaches both evenly."""
+    addr = f"127.0.0.1:{PORT}"
+    srv.configure(2, [addr])
+    workers = srv.start()
+    victim = workers[-1]
+    load = ctx.load([addr], duration=LONG_STALL_S + 60, timeline_ms=100)
+    time.sleep(2)
+    mark = len(srv.log_lines())
+    stalled = stall(srv.signal, victim, srv.ports, seconds=LONG_STALL_S)
+    stalled_log = [line.strip() for line in log_since(srv, mark).splitlines() if NOT_ACCEPTING in line]
+    time.sleep(2)
+    ctx.result = load.stop()
+    ctx.figures = verdict.stall_figures(ctx.result, stalled)
+    after = ctx.load([addr], duration=2).wait()
+    shares = verdict.fair_shares(after, workers)
+    ctx.figures.update(shares_after=shares, failed_after=failed_of(after))
+    ctx.note(f"worker {victim} stopped {ctx.figures['stall_s']} s: {ctx.figures['stall_rate']} ok/s meanwhile "
+             f"(steady {ctx.figures['steady_rate']}), it had accepted {stalled['accepted_at_stop']}; "
+             f"shares after SIGCONT {shares}")
+    check(len(stalled_log) >= 1 and str(victim) in stalled_log[0],
+          f"the log does not say worker {victim} is not accepting: {stalled_log}")
+    ctx.note("declared stalled: " + stalled_log[0])
+    check(all(str(victim) in line for line in stalled_log), f"another worker was declared stalled: {stalled_log}")
+    ctx.checks += verdict.stall_checks(ctx.figures, rate=False, shares=shares)
+    ctx.checks.append((failed_of(after) == 0, f"{failed_of(after)} connections failed after SIGCONT"))
+    return srv.master()
+
+
+# ---- clock jumps ----------------------------------------------------------------------
+
+HOUR = 3600
+NS = 1_000_000_000
+LOG_TIME = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.(\d{3}) \[\w+\] (\d+): ")
+
+
+def logged_offsets(srv, mark=0):
+    """[(pid, seconds the line's timestamp is ahead of the wall clock it was read at)] for
+    the log's lines after `mark`, each rounded to the hour: what the shim's jumps did to
+    each process's gettimeofday()."""
+    out = []
+    now = time.time()
+    for line in srv.log_lines()[mark:]:
+        m = LOG_TIME.match(line)
+        if m:
+            stamp = time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S"))
+            out.append((int(m.group(3)), round((stamp - now) / HOUR) * HOUR))
+    return out
+
+
+def no_stall_and_quick_retires(srv, ctx, master, rounds, what):
+    """Reloads and an upgrade under load: each generation settles (its predecessors'
+    retires done) within 3 s, and nobody is declared stalled."""
+    times = []
+    for _ in range(rounds):
+        t = time.monotonic()
+        srv.reload(master)
+        times.append(time.monotonic() - t)
+        time.sleep(0.3)
+    t = time.monotonic()
+    old, new = srv.start_upgrade()
+    upgrade_done(srv, old, new)
+    pid_file_names(srv, new)
+    times.append(time.monotonic() - t - 0.5)  # upgrade_done sleeps 0.5 s between WINCH and QUIT
+    ctx.measured.setdefault("settle_s", []).extend(round(x, 2) for x in times)
+    ctx.note(f"{what}: reloads and the upgrade settled in {', '.join(f'{x:.2f}' for x in times)} s")
+    check(max(times) < 3, f"{what}: a generation took {max(times):.2f} s to settle (a retire waited)")
+    return new
+
+
+@scenario(servers=["rpserver"])
+def clock_jump(srv, ctx):
+    """The wall clock (CLOCK_REALTIME, gettimeofday(), time()) of the master and its workers
+    jumps an hour forward, then two hours back, then an hour forward to the truth
+    (tests/c/faultshim.c, FAULTSHIM_CLOCK), with 3 reloads and an upgrade after each jump,
+    steered, under load. The library and rpserver time everything with CLOCK_MONOTONIC:
+    nothing fails, nobody is declared stalled, every generation settles in under 3 s. The
+    log's timestamps show the jumps, in the master and in the workers."""
+    shim = shim_or_skip(ctx, root=False)
+    srv.configure(2, BOTH)
+    t0 = time.monotonic_ns()
+    steps = [(t0 + 2 * NS, HOUR), (t0 + 9 * NS, -HOUR), (t0 + 16 * NS, 0)]
+    spec = ",".join(f"{at}:{off}" for at, off in steps)
+    srv.start(prefix=["env", f"LD_PRELOAD={shim}", f"FAULTSHIM_CLOCK={spec}"])
+    master = srv.master()
+    load = ctx.load(BOTH, duration=60)
+    seen = {}
+    for at, off in steps:
+        time.sleep(max(0.0, (at - time.monotonic_ns()) / NS) + 0.2)
+        mark = len(srv.log_lines())
+        master = no_stall_and_quick_retires(srv, ctx, master, 3, f"wall clock {off:+d} s")
+        offsets = logged_offsets(srv, mark)
+        workers = {pid for pid, _ in offsets} - {master}
+        check(offsets and all(o == off for _, o in offsets),
+              f"the log's timestamps after the jump to {off:+d} s are off by {sorted(set(o for _, o in offsets))}")
+        seen[off] = (len(offsets), len(workers))
+    ctx.note("log lines (and workers logging) at each offset: "
+             + ", ".join(f"{off:+d} s: {n} ({w})" for off, (n, w) in seen.items()))
+    check(all(w > 0 for _, w in seen.values()), f"no worker logged at some offset: {seen}")
+    stalls = [line.strip() for line in srv.log_lines() if NOT_ACCEPTING in line]
+    check(not stalls, f"a worker was declared stalled: {stalls}")
+    ctx.result = load.stop()
+    return master
+
+
+TIMENS_OFFSET_S = 10 * 365 * 86400  # ten years
+
+
+def in_time_namespace(pid):
+    return os.readlink(f"/proc/{pid}/ns/time") != os.readlink("/proc/self/ns/time")
+
+
+@scenario(servers=["rpserver"])
+def clock_timens(srv, ctx):
+    """rpserver in a time namespace whose CLOCK_MONOTONIC and CLOCK_BOOTTIME are ten years
+    ahead, then (a second server after it) one whose CLOCK_MONOTONIC is a second past its
+    start (unshare --time): the clocks the library stores in shared memory
+    (milliseconds since boot) are then huge, or tiny. Each runs 3 reloads and an upgrade
+    under load, steered, and one worker stopped for 1 s: it, and only it, is declared
+    stalled, nothing else fails, every generation settles in under 3 s."""
+    if os.getuid() != 0:
+        raise Skip("needs root: a time namespace (unshare --time)")
+    addr = f"127.0.0.1:{PORT}"
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    results = []
+    for name, offset in (("ten years ahead", TIMENS_OFFSET_S), ("a second after boot", -int(uptime) + 1)):
+        srv.configure(2, [addr])
+        if os.path.exists(srv.pid_path):
+            os.unlink(srv.pid_path)  # the first server's, stopped
+        srv.start(prefix=["unshare", "--time", "--monotonic", str(offset), "--boottime", str(offset)])
+        master = srv.master()
+        check(in_time_namespace(master), f"master {master} is not in a time namespace of its own")
+        with open(f"/proc/{master}/timens_offsets") as f:
+            ctx.note(f"{name}: master {master}'s offsets: " + " | ".join(f.read().split("\n")[:2]))
+        load = ctx.load([addr], duration=60)
+        time.sleep(0.5)
+        mark = len(srv.log_lines())
+        master = no_stall_and_quick_retires(srv, ctx, master, 3, name)
+        victim = srv.workers_of(master)[-1]
+        stalled = stall(srv.signal, victim, srv.ports, seconds=1.0)
+        time.sleep(1)
+        lines = [line.strip() for line in srv.log_lines()[mark:] if NOT_ACCEPTING in line]
+        check(lines and all(str(victim) in line for line in lines),
+              f"{name}: expected worker {victim} alone declared stalled: {lines}")
+        r = load.stop()
+        failed = failed_of(r)
+        ctx.note(f"{name}: {r['requests']} requests, {failed} failed, worker {victim} had accepted "
+                 f"{stalled['accepted_at_stop']} when stopped")
+        check(failed <= stalled["accepted_at_stop"], f"{name}: {failed} failed, the stopped worker had accepted "
+              f"{stalled['accepted_at_stop']}")
+        results.append(r)
+        if offset != TIMENS_OFFSET_S:
+            break
+        srv.stop()
+        srv.masters.clear()
+        srv.proc = None
+    ctx.measured["first_server_requests"] = results[0]["requests"]
+    ctx.measured["first_server_failed"] = failed_of(results[0])
+    ctx.result = results[-1]
+    return master
