@@ -314,10 +314,12 @@ NOT_ACCEPTING = "is not accepting"
 def stall_long(srv, ctx):
     """Two steered workers on 127.0.0.1:8080 under the regular load (4,000 new connections
     a second, 3 s client timeout); the second is stopped (SIGSTOP) for 25 s
-    (E2E_LONG_STALL_S: minutes, by hand), then continued. It is declared stalled once (the
-    log), nothing fails but what it had accepted (its queue is served by the other: a
-    connection left waiting there would time out many times over), the other serves
-    alone meanwhile, and after SIGCONT a separate load reaches both evenly."""
+    (E2E_LONG_STALL_S: minutes, by hand), then continued. It is declared stalled, and not
+    back before SIGCONT; nothing fails but what it had accepted (its queue is served by
+    the other: a connection left waiting there would time out many times over); after
+    SIGCONT a separate load reaches both evenly. The other worker may be declared stalled
+    too for an instant, on a machine whose cores others share (it then did not run for the
+    threshold, 50 ms, with connections waiting): counted and printed, not judged."""
     addr = f"127.0.0.1:{PORT}"
     srv.configure(2, [addr])
     workers = srv.start()
@@ -325,21 +327,34 @@ def stall_long(srv, ctx):
     load = ctx.load([addr], duration=LONG_STALL_S + 60, timeline_ms=100)
     time.sleep(2)
     mark = len(srv.log_lines())
-    stalled = stall(srv.signal, victim, srv.ports, seconds=LONG_STALL_S)
-    stalled_log = [line.strip() for line in log_since(srv, mark).splitlines() if NOT_ACCEPTING in line]
+    stop_ns = time.monotonic_ns()
+    try:
+        procfs.stop_process(srv.signal, victim)
+        accepted = procfs.accepted_connections(victim, srv.ports)
+        time.sleep(max(0.0, stop_ns / NS + LONG_STALL_S - time.monotonic()))
+        during = srv.log_lines()[mark:]  # read before SIGCONT: the victim cannot be back yet
+    finally:
+        cont_ns = time.monotonic_ns()
+        srv.signal(victim, signal.SIGCONT)
+    stalled = {"stop_ns": stop_ns, "cont_ns": cont_ns, "accepted_at_stop": accepted, "stalled_pid": victim}
     time.sleep(2)
     ctx.result = load.stop()
     ctx.figures = verdict.stall_figures(ctx.result, stalled)
     after = ctx.load([addr], duration=2).wait()
     shares = verdict.fair_shares(after, workers)
     ctx.figures.update(shares_after=shares, failed_after=failed_of(after))
+    declared = [line.strip() for line in during if NOT_ACCEPTING in line]
+    mine = [line for line in declared if f"worker {victim} " in line]
+    back = [line.strip() for line in during if f"worker {victim} " in line and "accepting again" in line]
+    others = [line for line in declared if f"worker {victim} " not in line]
+    ctx.measured["other_worker_stalls"] = len(others)
     ctx.note(f"worker {victim} stopped {ctx.figures['stall_s']} s: {ctx.figures['stall_rate']} ok/s meanwhile "
-             f"(steady {ctx.figures['steady_rate']}), it had accepted {stalled['accepted_at_stop']}; "
-             f"shares after SIGCONT {shares}")
-    check(len(stalled_log) >= 1 and str(victim) in stalled_log[0],
-          f"the log does not say worker {victim} is not accepting: {stalled_log}")
-    ctx.note("declared stalled: " + stalled_log[0])
-    check(all(str(victim) in line for line in stalled_log), f"another worker was declared stalled: {stalled_log}")
+             f"(steady {ctx.figures['steady_rate']}), it had accepted {accepted}; shares after SIGCONT {shares}")
+    check(mine, f"the log does not say worker {victim} is not accepting: {declared}")
+    ctx.note("declared stalled: " + mine[0])
+    for line in others:
+        ctx.note("another worker was declared stalled for a moment (not judged): " + line)
+    check(not back, f"worker {victim} was taken back while stopped: {back}")
     ctx.checks += verdict.stall_checks(ctx.figures, rate=False, shares=shares)
     ctx.checks.append((failed_of(after) == 0, f"{failed_of(after)} connections failed after SIGCONT"))
     return srv.master()
