@@ -98,9 +98,12 @@ pub(crate) fn resolve(
 ) -> Result<Applied, (i32, String)> {
     let bpf_why = |errno: i32| {
         match errno {
-        libc::EPERM | libc::EACCES => "loading a reuseport eBPF program needs CAP_BPF (run the master as root, or hand it an inherited program fd)".to_string(),
+        libc::EPERM | libc::EACCES => "loading a reuseport eBPF program (bpf(BPF_PROG_LOAD)) needs CAP_BPF: this process lacks it (never given, or dropped since it started) or a seccomp filter denies bpf() (run the master as root with CAP_BPF, or hand it an inherited program fd)".to_string(),
         libc::EINVAL => "this kernel lacks the select-or-migrate attach type (Linux 5.14 or later)".to_string(),
-        e => format!("the eBPF program could not be loaded or attached: {}", crate::error::strerror(e)),
+        e => match crate::steering::bpf_creation_hint(e) {
+            Some(hint) => format!("the eBPF program could not be loaded (bpf(BPF_PROG_LOAD)): {}: {hint}", crate::error::strerror(e)),
+            None => format!("the eBPF program could not be loaded or attached: {}", crate::error::strerror(e)),
+        },
     }
     };
     let sysctl_text = match sysctl {
@@ -145,6 +148,9 @@ mod tests {
         let d = resolve(Strategy::Auto, Err(libc::EPERM), Some(0)).unwrap();
         assert_eq!(d.strategy, Strategy::Drain);
         assert!(d.reason.contains("CAP_BPF") && d.reason.contains("tcp_migrate_req=1"), "{}", d.reason);
+        let (errno, why) = resolve(Strategy::Bpf, Err(libc::ENOMEM), Some(0)).unwrap_err();
+        assert_eq!(errno, libc::ENOMEM);
+        assert!(why.contains("BPF_PROG_LOAD") && why.contains("memory cgroup"), "{why}");
         let old = resolve(Strategy::Auto, Err(libc::EINVAL), None).unwrap();
         assert_eq!(old.strategy, Strategy::Drain);
         assert!(old.reason.contains("5.14"), "{}", old.reason);

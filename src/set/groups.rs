@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{strerror, Error, Result, Step};
+use crate::error::{Error, Result, Step};
 use crate::log::{self, Level};
 use crate::steering::{self, verdict, Steering};
 use crate::strategy::{self, Applied, Strategy};
@@ -52,8 +52,16 @@ impl Groups {
     /// steering is off (threshold 0, or a strategy other than the library's program) or
     /// cannot be created here (then the migration program is used: loaded, or the one
     /// handed over).
+    ///
+    /// A master that creates a steering context also loads the plain migration program
+    /// while it can, and keeps it (handed on to a reload's set and, by the server, across
+    /// an upgrade's exec): when it can no longer create BPF objects later in its life (its
+    /// CAP_BPF dropped, a seccomp filter, a memory cgroup's limit), an address a reload
+    /// adds, or a new binary, still migrates with it, unsteered, instead of losing what a
+    /// closing socket holds. A failed creation is a warning naming the step, the cause and
+    /// the fix.
     pub(crate) fn steering_for(
-        &self,
+        &mut self,
         existing: Option<&Arc<Steering>>,
         bound: &SocketAddr,
         configure: bool,
@@ -68,14 +76,34 @@ impl Groups {
             return None; // only a master's open creates one: a single process has no siblings
         }
         match steering::new_group(*bound, steering::capacity_for(self.max_workers)) {
-            Ok(s) => Some(s),
-            Err(errno) => {
-                log::emit(
-                    Level::Debug,
-                    &format!("{bound}: no steering: {} (the plain migration program is tried)", strerror(errno)),
-                );
+            Ok(s) => {
+                self.keep_fallback_program(bound);
+                Some(s)
+            }
+            Err(e) => {
+                let instead = if self.program.is_some() {
+                    "this address gets the plain migration program this master holds: queued connections still migrate, but new connections spread by the kernel's hash, not around stalled workers"
+                } else {
+                    "this address gets the plain migration program if it can be loaded, else the fallback the strategy allows (the next message says which)"
+                };
+                log::emit(Level::Warn, &format!("{bound}: no health-aware steering: {e}; {instead}"));
                 None
             }
+        }
+    }
+
+    /// Loads the plain migration program now, while this process can, unless it holds one
+    /// (see steering_for()). A failure here is not an error: steering migrates too.
+    fn keep_fallback_program(&mut self, bound: &SocketAddr) {
+        if self.program.is_some() {
+            return;
+        }
+        match bpf::load_migrate_program() {
+            Ok(fd) => self.program = Some(fd),
+            Err(e) => log::emit(
+                Level::Debug,
+                &format!("{bound}: the plain migration program, kept for later addresses, could not be loaded: {e}"),
+            ),
         }
     }
 

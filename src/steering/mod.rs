@@ -74,14 +74,20 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Creates the maps for `cap` slots and loads the program (needs CAP_BPF).
-    fn create(addr: SocketAddr, cap: usize) -> io::Result<Steering> {
+    /// Creates the maps for `cap` slots and loads the program (needs CAP_BPF). An error
+    /// says which step failed.
+    fn create(addr: SocketAddr, cap: usize) -> Result<Steering, CreateError> {
         let layout = Layout::new(cap);
+        let step =
+            |step: &'static str| move |e: io::Error| CreateError { errno: e.raw_os_error().unwrap_or(libc::EIO), step };
         let table_map =
-            bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, layout.size as u32, 1, bpf::BPF_F_MMAPABLE, b"reuseport_slots")?;
-        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, cap as u32, 0, b"reuseport_socks")?;
-        let table = Table::map(table_map.as_fd(), cap)?;
-        let program = program::load(&layout, table_map.as_fd(), sockarray.as_fd())?;
+            bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, layout.size as u32, 1, bpf::BPF_F_MMAPABLE, b"reuseport_slots")
+                .map_err(step("bpf(BPF_MAP_CREATE) of the slot table"))?;
+        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, cap as u32, 0, b"reuseport_socks")
+            .map_err(step("bpf(BPF_MAP_CREATE) of the socket array"))?;
+        let table = Table::map(table_map.as_fd(), cap).map_err(step("mmap of the slot table"))?;
+        let program = program::load(&layout, table_map.as_fd(), sockarray.as_fd())
+            .map_err(step("bpf(BPF_PROG_LOAD) of the steering program"))?;
         Ok(Steering { addr, _table_map: table_map, sockarray, program, table, watch: Mutex::new(Default::default()) })
     }
 
@@ -300,10 +306,43 @@ impl Drop for Unlisted {
     }
 }
 
+/// Why a steering context could not be created: the errno and the step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateError {
+    pub errno: i32,
+    pub step: &'static str,
+}
+
+impl std::fmt::Display for CreateError {
+    /// The step, the error, and what the operator can do about it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, crate::error::strerror(self.errno))?;
+        match bpf_creation_hint(self.errno) {
+            Some(hint) => write!(f, " ({hint})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the operator can do when bpf() cannot create a map or load a program any more
+/// (`errno` of BPF_MAP_CREATE or BPF_PROG_LOAD).
+pub(crate) fn bpf_creation_hint(errno: i32) -> Option<&'static str> {
+    match errno {
+        libc::EPERM | libc::EACCES => Some(
+            "this process lacks CAP_BPF (and CAP_SYS_ADMIN), or a seccomp filter denies bpf(): creating BPF maps and programs needs them, attaching those already held does not; restart the master with CAP_BPF to get it back",
+        ),
+        libc::ENOMEM => Some(
+            "BPF maps and programs are charged to the process's memory cgroup (Linux 5.11 and later; RLIMIT_MEMLOCK before): raise the cgroup's memory limit",
+        ),
+        libc::EMFILE | libc::ENFILE => Some("out of file descriptors: raise RLIMIT_NOFILE"),
+        _ => None,
+    }
+}
+
 /// A new steering context for the group of `addr`, with `cap` slots: maps created and
-/// program loaded. Errors are errnos (EPERM without CAP_BPF).
-pub fn new_group(addr: SocketAddr, cap: usize) -> Result<Arc<Steering>, i32> {
-    let s = Steering::create(addr, cap).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+/// program loaded. EPERM without CAP_BPF; the error names the step.
+pub fn new_group(addr: SocketAddr, cap: usize) -> Result<Arc<Steering>, CreateError> {
+    let s = Steering::create(addr, cap)?;
     log::emit(Level::Debug, &format!("{addr}: steering program loaded ({cap} slots)"));
     Ok(Arc::new(s))
 }
@@ -312,7 +351,7 @@ pub fn new_group(addr: SocketAddr, cap: usize) -> Result<Arc<Steering>, i32> {
 /// errno (EPERM without CAP_BPF). Creates one and frees it at once.
 pub fn can_steer() -> Result<(), i32> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    Steering::create(any, slots::MIN_CAPACITY).map(drop).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    Steering::create(any, slots::MIN_CAPACITY).map(drop).map_err(|e| e.errno)
 }
 
 /// Whether this process may take a duplicate of its workers' sockets (the rescue):

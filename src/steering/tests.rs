@@ -306,3 +306,15 @@ fn the_watch_sleeps_when_nothing_arrives_and_ticks_when_connections_do() {
     accept_all(&a);
     accept_all(&b);
 }
+
+#[test]
+fn a_failed_creation_names_the_step_the_cause_and_the_fix() {
+    let e = super::CreateError { errno: libc::EPERM, step: "bpf(BPF_PROG_LOAD) of the steering program" };
+    let text = e.to_string();
+    assert!(text.starts_with("bpf(BPF_PROG_LOAD) of the steering program: "), "{text}");
+    assert!(text.contains("CAP_BPF") && text.contains("seccomp"), "{text}");
+    let e = super::CreateError { errno: libc::ENOMEM, step: "bpf(BPF_MAP_CREATE) of the slot table" };
+    assert!(e.to_string().contains("memory cgroup"), "{e}");
+    let e = super::CreateError { errno: libc::EIO, step: "mmap of the slot table" };
+    assert!(!e.to_string().contains('('), "no hint for an error without one: {e}");
+}

@@ -87,6 +87,7 @@ def arguments(scenarios):
     rp.add_argument("--binary", required=True, help="build/c-examples/rpserver")
     rp.add_argument("--strategy", choices=STRATEGIES, required=True)
     rp.add_argument("--launcher", help="build/tests/c/launch_unprivileged, for the unprivileged scenario")
+    rp.add_argument("--shim", help="build/tests/c/libfaultshim.so, for the fault scenarios (LD_PRELOAD)")
     ng = servers.add_parser("nginx", parents=[common], help="an nginx build (scripts/build-nginx.sh)")
     ng.add_argument("--prefix", required=True, help="target/nginx-stock or target/nginx-patched")
     ng.add_argument("--kind", choices=("stock", "patched"), help="default: from the prefix's name")
