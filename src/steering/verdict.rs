@@ -62,6 +62,12 @@ pub struct Observation {
     /// Connections were sent to it since its last heartbeat (the program's arrival counter
     /// differs from what the heartbeat recorded).
     pub unseen: bool,
+    /// No other slot of the group is eligible: steering around this one would leave the
+    /// program no choice, and the kernel's hash would send new connections to the very
+    /// workers already judged (a stopped one among them). So the last eligible worker is
+    /// neither marked stalled nor overloaded (on a loaded host, a healthy worker starved
+    /// of CPU for the threshold looks stalled); the verdict comes once a sibling is back.
+    pub alone: bool,
 }
 
 /// A slot's accept queue as one tick saw it.
@@ -122,7 +128,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         } else if queue < last_queue {
             m.growth = 0;
         }
-        if flags & FLAG_OVERLOADED == 0 && m.growth >= OVERLOAD_TICKS && queue >= OVERLOAD_MIN {
+        if flags & FLAG_OVERLOADED == 0 && m.growth >= OVERLOAD_TICKS && queue >= OVERLOAD_MIN && !obs.alone {
             d.set |= FLAG_OVERLOADED;
             m.overload_mark = queue;
         } else if flags & FLAG_OVERLOADED != 0 && queue <= m.overload_mark / 2 {
@@ -137,7 +143,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     }
     let pending = *m.pending_since.get_or_insert(m.unseen_since.unwrap_or(now));
     let mut stale_since = m.stale_since;
-    if flags & FLAG_STALE == 0 && now - pending >= threshold {
+    if flags & FLAG_STALE == 0 && now - pending >= threshold && !obs.alone {
         d.set |= FLAG_STALE;
         stale_since = Some(now);
         m.stale_since = stale_since;
@@ -198,11 +204,11 @@ mod tests {
     const T: Duration = Duration::from_millis(100);
 
     fn obs(beats: u64, queue: u32) -> Observation {
-        Observation { beats, queue: Queue::Len(queue), unseen: false }
+        Observation { beats, queue: Queue::Len(queue), unseen: false, alone: false }
     }
 
     fn unseen(beats: u64, queue: Queue) -> Observation {
-        Observation { beats, queue, unseen: true }
+        Observation { beats, queue, unseen: true, alone: false }
     }
 
     #[test]
@@ -266,7 +272,7 @@ mod tests {
     fn without_the_queue_only_a_moving_heartbeat_counts() {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
-        let unread = |beats| Observation { beats, queue: Queue::Unread, unseen: false };
+        let unread = |beats| Observation { beats, queue: Queue::Unread, unseen: false, alone: false };
         judge(&mut m, LIVE, obs(5, 4), t0, T);
         assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread(5), t0 + T, T), Decision::default());
         let d = judge(&mut m, LIVE | FLAG_STALE, unread(6), t0 + T, T);
@@ -279,7 +285,7 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         assert_eq!(judge(&mut m, LIVE | FLAG_RETIRING, obs(1, 100), t0, T), Decision::default());
-        let gone = Observation { beats: 1, queue: Queue::Missing, unseen: false };
+        let gone = Observation { beats: 1, queue: Queue::Missing, unseen: false, alone: false };
         assert!(!judge(&mut m, LIVE, gone, t0, T).free);
         assert!(judge(&mut m, LIVE, gone, t0 + T, T).free);
     }
@@ -325,5 +331,22 @@ mod tests {
         assert_eq!(judge(&mut m, LIVE, unseen(6, Queue::Len(1)), at(9000), T).set, 0);
         assert_eq!(judge(&mut m, LIVE, unseen(6, Queue::Len(1)), at(9075), T).set, 0);
         assert_eq!(judge(&mut m, LIVE, unseen(6, Queue::Len(1)), at(9100), T).set, FLAG_STALE);
+    }
+
+    #[test]
+    fn the_last_eligible_worker_is_not_judged_until_a_sibling_is_back() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let alone = |queue| Observation { beats: 5, queue: Queue::Len(queue), unseen: true, alone: true };
+        judge(&mut m, LIVE, obs(5, 0), at(0), T);
+        for ms in [25, 100, 200, 300] {
+            let d = judge(&mut m, LIVE, alone(9), at(ms), T);
+            assert_eq!(d, Decision::default(), "at {ms} ms");
+        }
+        // a sibling is eligible again: the verdict it has long deserved, then the rescue
+        let d = judge(&mut m, LIVE, unseen(5, Queue::Len(9)), at(325), T);
+        assert_eq!(d.set, FLAG_STALE);
+        assert!(judge(&mut m, LIVE | FLAG_STALE, unseen(5, Queue::Len(9)), at(350), T).rescue);
     }
 }

@@ -15,6 +15,9 @@
 //!   it is back when the queue has shrunk to half.
 //! - A worker that never called reuseport_heartbeat() is not judged (a server that does not
 //!   use the call keeps plain even steering).
+//! - The last eligible worker of a group is not judged either (see `Observation::alone`):
+//!   with no sibling to steer to, the kernel's hash would take over, and send connections
+//!   to the workers already judged.
 //!
 //! The rescue. Connections already in a stalled worker's queue would wait for it (a
 //! SIGSTOPped worker: until SIGCONT; the clients time out first). The best outcome is that
@@ -52,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use super::eligible;
 use super::rescue;
-use super::slots::{Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, OVERFLOW};
+use super::slots::{eligible, Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, OVERFLOW};
 use super::verdict::{judge, tick_for, Decision, Observation, Queue, SlotMemory, OVERLOAD_TICKS};
 use crate::log::{self, Level};
 use crate::sys::{diag, procfs};
@@ -173,6 +176,7 @@ impl WatchState {
         if st.slots.len() < high {
             st.slots.resize(high, SlotMemory::default());
         }
+        let mut eligible_now = (0..high).filter(|&j| eligible(t.flags(j).load(Ordering::Acquire))).count();
         for i in 0..high {
             let flags = t.flags(i).load(Ordering::Acquire);
             if flags & FLAG_CLAIMED == 0 {
@@ -209,7 +213,8 @@ impl WatchState {
                 },
             };
             let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
-            let d = judge(&mut st.slots[i], flags, Observation { beats, queue, unseen }, now, threshold);
+            let alone = eligible_now <= usize::from(eligible(flags));
+            let d = judge(&mut st.slots[i], flags, Observation { beats, queue, unseen, alone }, now, threshold);
             if d.free {
                 if t.replace_flags(i, flags, 0) {
                     log::emit(
@@ -224,6 +229,12 @@ impl WatchState {
             }
             if d.clear != 0 {
                 t.clear_flags(i, d.clear);
+            }
+            let after = (flags | d.set) & !d.clear;
+            match (eligible(flags), eligible(after)) {
+                (true, false) => eligible_now -= 1,
+                (false, true) => eligible_now += 1,
+                _ => {}
             }
             let q = if let Queue::Len(q) = queue { q } else { 0 };
             report(s, i, pid, &d, q, threshold);
