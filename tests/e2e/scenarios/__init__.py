@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 
 SCENARIOS = {}
-MODULES = ("lifecycle", "bad_clients", "privileges", "nginx_features", "stall", "faults", "adoption", "quic",
+MODULES = ("lifecycle", "bad_clients", "privileges", "nginx_features", "stall", "faults", "adoption", "quic", "scale",
            "debian")
 
 
