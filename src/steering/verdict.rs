@@ -189,6 +189,12 @@ fn track_unseen(m: &mut SlotMemory, advanced: bool, unseen: bool, now: Instant) 
 }
 
 impl SlotMemory {
+    /// How long connections sent to it since its last heartbeat have waited, at least
+    /// (from the first tick that saw them); None when there are none.
+    pub(crate) fn unseen_for(&self, now: Instant) -> Option<Duration> {
+        self.unseen_since.map(|since| now.saturating_duration_since(since))
+    }
+
     /// The heartbeat count this memory last saw.
     pub(crate) fn last_beats(&self) -> u64 {
         self.last_beats

@@ -35,18 +35,21 @@
 //!
 //! What a tick costs, and when the master sleeps. The program bumps a counter of the slot
 //! it chose for every connection (and a group counter when it leaves one to the kernel),
-//! so a tick knows from memory alone whether anything arrived since the last one. The
-//! queues (one sock_diag query per address family) are read only when one may matter:
-//! connections arrived and some worker's heartbeat stood still over the tick (a stall
-//! candidate: connections were sent to it since its last heartbeat, which has not moved
-//! over the tick), or a queue was not empty at the last reading, or every fourth tick
-//! under traffic (the overload rule), or once a second otherwise (sockets that stopped
-//! listening without retiring). Whether a worker still lives (kill(pid, 0)) is asked only
-//! of slots whose heartbeat stands still, at most once a second. After a second without any
-//! arrival and with every queue empty, the watch asks to be called again in a second
-//! instead of a quarter threshold: an idle master wakes once a second. The first
-//! connections after such a pause may thus find a stalled worker judged up to a second
-//! late; while connections arrive, a stall is judged within the threshold plus a tick.
+//! so a tick knows from memory alone whether anything arrived since the last one, and
+//! whether connections were sent to a worker since its last heartbeat (its counter differs
+//! from what the heartbeat recorded): the first tick that sees such unseen connections
+//! starts the slot's stall clock, from memory alone. The queues (one sock_diag query per
+//! address family) are read only when one may matter: a verdict is possible (a slot's
+//! heartbeat stood still over the tick and its clock is about a threshold old), a slot is
+//! marked stalled and still (its rescue), a queue held a few connections at the last
+//! reading (the overload rule follows its growth), every fourth tick under traffic, or
+//! once a second otherwise (sockets that stopped listening without retiring). Whether a
+//! worker still lives (kill(pid, 0)) is asked only of slots whose heartbeat stands still,
+//! at most once a second. After a second without any arrival and with every queue empty,
+//! the watch asks to be called again in a second instead of a quarter threshold: an idle
+//! master wakes once a second. The first connections after such a pause may thus find a
+//! stalled worker judged up to a second late; while connections arrive, a stall is judged
+//! within the threshold plus a tick of the first connection it left unseen.
 
 use std::collections::HashMap;
 use std::io;
@@ -70,6 +73,10 @@ const DIAG_AT_LEAST: Duration = Duration::from_secs(1);
 /// Under traffic without a stall candidate, the queues are read every this many ticks
 /// (the overload rule counts growth over those readings).
 const OVERLOAD_EVERY: u32 = 4;
+/// A queue this long at a reading has the next tick read the queues again. Shorter ones,
+/// the usual state of a busy server's queues at any instant, do not: reading them at every
+/// tick cost a loaded master most of its watch time.
+const BACKLOG_FOLLOWED: u32 = 4;
 
 /// What the watch remembers of a group between ticks.
 #[derive(Debug, Default)]
@@ -84,6 +91,9 @@ pub(crate) struct WatchState {
     quiet_since: Option<Instant>,
     /// Some queue was not empty at the last reading.
     any_queue: bool,
+    /// Some queue held at least BACKLOG_FOLLOWED at the last reading: the queues are read
+    /// at every tick then, so that the overload rule sees its growth tick by tick.
+    backlog: bool,
     /// Ticks since the queues were last read, and when.
     ticks_since_diag: u32,
     last_diag: Option<Instant>,
@@ -94,7 +104,7 @@ pub(crate) struct WatchState {
 
 impl WatchState {
     /// Before a tick: whether it needs the queues (a sock_diag query).
-    pub(crate) fn plan(&mut self, s: &Group<'_>) -> bool {
+    pub(crate) fn plan(&mut self, s: &Group<'_>, threshold: Duration) -> bool {
         let t = s.table;
         let high = t.high();
         let traffic = (0..high).map(|i| t.arrivals(i).load(Ordering::Relaxed) as u64).sum::<u64>()
@@ -107,20 +117,28 @@ impl WatchState {
         } else {
             self.quiet_since.get_or_insert(now);
         }
-        // A stall candidate: connections were sent to it since its last heartbeat, and
-        // that heartbeat has not moved since the last tick. An idle worker (nothing sent
-        // since it last looked) is not one, however still.
+        // A stall candidate: a verdict on it is possible at this tick. Connections were
+        // sent to it since its last heartbeat, its heartbeat has not moved since the last
+        // tick, and the first tick that saw them unseen is about a threshold ago (that
+        // clock runs on the slot's counters, without the queues). Or it is marked stalled
+        // and still: its rescue and the stragglers after it need the queues. An idle
+        // worker (nothing sent since it last looked) is not one, however still, nor is a
+        // worker that is merely descheduled for a few ticks on a busy host.
+        let soon = threshold.saturating_sub(tick_for(threshold) / 2);
         let candidate = (0..high).any(|i| {
             let f = t.flags(i).load(Ordering::Acquire);
             let beats = t.beats(i).load(Ordering::Relaxed);
+            let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
             f & FLAG_CLAIMED != 0
                 && f & FLAG_RETIRING == 0
                 && beats != 0
-                && t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed)
-                && self.slots.get(i).is_none_or(|m| m.last_beats() == beats)
+                && self.slots.get(i).is_some_and(|m| {
+                    m.last_beats() == beats
+                        && (f & FLAG_STALE != 0 || (unseen && m.unseen_for(now).is_some_and(|d| d >= soon)))
+                })
         });
         let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
-        (self.moved && (candidate || self.ticks_since_diag >= OVERLOAD_EVERY)) || self.any_queue || due
+        candidate || (self.moved && self.ticks_since_diag >= OVERLOAD_EVERY) || self.backlog || due
     }
 
     /// When the group wants the next tick.
@@ -164,6 +182,7 @@ impl WatchState {
             st.ticks_since_diag = 0;
             st.last_diag = Some(now);
             st.any_queue = false;
+            st.backlog = false;
         } else {
             st.ticks_since_diag += 1;
         }
@@ -204,6 +223,7 @@ impl WatchState {
                     Some(found) => {
                         t.queue(i).store(found.queue, Ordering::Relaxed);
                         st.any_queue |= found.queue > 0;
+                        st.backlog |= found.queue >= BACKLOG_FOLLOWED;
                         Queue::Len(found.queue)
                     }
                     None => {
