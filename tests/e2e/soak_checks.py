@@ -33,8 +33,14 @@ def deaths_mark(srv):
 
 
 def judge_losses(srv, result, mark):
+    """The window's failures against its own deaths. The adapters count a dead worker's
+    in-flight connections by pid, and pids are reused within a long soak (pid_max may be
+    32768): a later SIGKILL of a reused pid can move an earlier exit's count from `lost`
+    into its kill record, so the difference may come out negative; it is clamped at 0,
+    which can only excuse less."""
     kills, lost, slack = srv.deaths()
-    return verdict.losses(result, kills=kills[mark.kills:], lost=(lost - mark.lost) + (slack - mark.slack))
+    return verdict.losses(result, kills=kills[mark.kills:],
+                          lost=max(0, lost - mark.lost) + max(0, slack - mark.slack))
 
 
 def counts(result):

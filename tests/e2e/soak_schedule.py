@@ -91,8 +91,10 @@ class Schedule:
         master = self.master()
         workers = self.srv.workers_of(master)
         victim = self.rng.choice(workers)
+        # kill_worker returns once the victim's pidfd said it died; its pid may be reused
+        # by its replacement at once, so it cannot be waited on by pid (old=...).
         self.srv.kill_worker(victim)
-        self.srv.wait_settled(master, len(workers), old=[victim])
+        self.srv.wait_settled(master, len(workers))
 
     def stall(self):
         workers = self.srv.workers_of(self.master())
