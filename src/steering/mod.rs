@@ -348,7 +348,7 @@ pub(crate) fn watch_groups<'a>(
         return None;
     }
     let mut states: Vec<_> = groups.iter().map(|s| s.watch.lock().unwrap_or_else(|p| p.into_inner())).collect();
-    let wants: Vec<bool> = groups.iter().zip(states.iter_mut()).map(|(s, st)| st.plan(&s.group())).collect();
+    let wants: Vec<bool> = groups.iter().zip(states.iter_mut()).map(|(s, st)| st.plan(&s.group(), threshold)).collect();
     let by_family: Vec<(i32, io::Result<HashMap<u64, diag::Listener>>)> = [libc::AF_INET, libc::AF_INET6]
         .into_iter()
         .filter_map(|family| {

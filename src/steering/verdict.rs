@@ -160,6 +160,12 @@ fn judge_beats_only(m: &mut SlotMemory, flags: u32, beats: u64) -> Decision {
 }
 
 impl SlotMemory {
+    /// Connections have been waiting (unseen by a still worker) since `since` at the
+    /// latest: the watch saw them before it read the queue.
+    pub(crate) fn waiting_since(&mut self, since: Instant) {
+        self.pending_since = Some(self.pending_since.map_or(since, |p| p.min(since)));
+    }
+
     /// The heartbeat count this memory last saw.
     pub(crate) fn last_beats(&self) -> u64 {
         self.last_beats
@@ -245,6 +251,16 @@ mod tests {
         let d = judge(&mut m, LIVE | FLAG_STALE, unread(6), t0 + T, T);
         assert_eq!(d.clear, FLAG_STALE);
         assert_eq!(m.last_beats(), 6);
+    }
+
+    #[test]
+    fn waiting_counts_from_when_the_watch_first_saw_it() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        judge(&mut m, LIVE, obs(5, 0), t0, T);
+        m.waiting_since(t0 + Duration::from_millis(10));
+        let d = judge(&mut m, LIVE, obs(5, 3), t0 + Duration::from_millis(110), T);
+        assert_eq!(d.set, FLAG_STALE, "waited the threshold since it was first seen");
     }
 
     #[test]

@@ -36,7 +36,8 @@
 //! queues (one sock_diag query per address family) are read only when one may matter:
 //! connections arrived and some worker's heartbeat stood still over the tick (a stall
 //! candidate: connections were sent to it since its last heartbeat, which has not moved
-//! over the tick), or a queue was not empty at the last reading, or every fourth tick
+//! for most of a threshold), or a still worker's queue was not empty at the last
+//! reading, or every eighth tick
 //! under traffic (the overload rule), or once a second otherwise (sockets that stopped
 //! listening without retiring). Whether a worker still lives (kill(pid, 0)) is asked only
 //! of slots whose heartbeat stands still, at most once a second. After a second without any
@@ -66,7 +67,7 @@ pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
 const DIAG_AT_LEAST: Duration = Duration::from_secs(1);
 /// Under traffic without a stall candidate, the queues are read every this many ticks
 /// (the overload rule counts growth over those readings).
-const OVERLOAD_EVERY: u32 = 4;
+const OVERLOAD_EVERY: u32 = 8;
 
 /// What the watch remembers of a group between ticks.
 #[derive(Debug, Default)]
@@ -79,7 +80,7 @@ pub(crate) struct WatchState {
     traffic: u64,
     /// Since when nothing arrived (None: something arrived at the last tick).
     quiet_since: Option<Instant>,
-    /// Some queue was not empty at the last reading.
+    /// Some worker whose heartbeat stood still had a queue at the last reading.
     any_queue: bool,
     /// Ticks since the queues were last read, and when.
     ticks_since_diag: u32,
@@ -87,11 +88,13 @@ pub(crate) struct WatchState {
     last_alive_check: Option<Instant>,
     /// This tick's plan (plan() then tick()).
     moved: bool,
+    /// Per slot, since when it has been a stall candidate (see plan()).
+    candidates: Vec<Option<Instant>>,
 }
 
 impl WatchState {
     /// Before a tick: whether it needs the queues (a sock_diag query).
-    pub(crate) fn plan(&mut self, s: &Group<'_>) -> bool {
+    pub(crate) fn plan(&mut self, s: &Group<'_>, threshold: Duration) -> bool {
         let t = s.table;
         let high = t.high();
         let traffic = (0..high).map(|i| t.arrivals(i).load(Ordering::Relaxed) as u64).sum::<u64>()
@@ -106,18 +109,31 @@ impl WatchState {
         }
         // A stall candidate: connections were sent to it since its last heartbeat, and
         // that heartbeat has not moved since the last tick. An idle worker (nothing sent
-        // since it last looked) is not one, however still.
-        let candidate = (0..high).any(|i| {
+        // since it last looked) is not one, however still. A healthy worker is one for a
+        // moment (between a connection's arrival and its next loop), so the queues are
+        // read only for a candidate that could be judged stalled at this tick or the next
+        // (one for the threshold less a tick); its waiting is counted from when it became
+        // a candidate (tick()), so the verdict is not later for it.
+        self.candidates.resize(high, None);
+        let judge_from = now.checked_sub(threshold.saturating_sub(tick_for(threshold)));
+        let mut persisting = false;
+        for i in 0..high {
             let f = t.flags(i).load(Ordering::Acquire);
             let beats = t.beats(i).load(Ordering::Relaxed);
-            f & FLAG_CLAIMED != 0
+            let candidate = f & FLAG_CLAIMED != 0
                 && f & FLAG_RETIRING == 0
                 && beats != 0
                 && t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed)
-                && self.slots.get(i).is_none_or(|m| m.last_beats() == beats)
-        });
+                && self.slots.get(i).is_none_or(|m| m.last_beats() == beats);
+            if candidate {
+                let since = *self.candidates[i].get_or_insert(now);
+                persisting |= judge_from.is_none_or(|at| since <= at);
+            } else {
+                self.candidates[i] = None;
+            }
+        }
         let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
-        (self.moved && (candidate || self.ticks_since_diag >= OVERLOAD_EVERY)) || self.any_queue || due
+        (self.moved && (persisting || self.ticks_since_diag >= OVERLOAD_EVERY)) || self.any_queue || due
     }
 
     /// When the group wants the next tick.
@@ -199,7 +215,9 @@ impl WatchState {
                 Some(l) => match l.get(&inode) {
                     Some(found) => {
                         t.queue(i).store(found.queue, Ordering::Relaxed);
-                        st.any_queue |= found.queue > 0;
+                        // A queue on a worker that runs is its own business; one on a
+                        // still worker is read again at the next tick.
+                        st.any_queue |= found.queue > 0 && still;
                         Queue::Len(found.queue)
                     }
                     None => {
@@ -208,6 +226,9 @@ impl WatchState {
                     }
                 },
             };
+            if let (Queue::Len(1..), Some(Some(since))) = (queue, st.candidates.get(i)) {
+                st.slots[i].waiting_since(*since);
+            }
             let d = judge(&mut st.slots[i], flags, Observation { beats, queue }, now, threshold);
             if d.free {
                 if t.replace_flags(i, flags, 0) {
