@@ -130,7 +130,8 @@ mod tests {
         // Another (live) process holds the lock: this change only marks the list dirty.
         let other = std::os::unix::process::parent_id();
         t.lock().store(other, SeqCst);
-        t.lock_at_ms().store(procfs::monotonic_ms(), SeqCst);
+        // Taken "in the future": not stale however slowly this test runs.
+        t.lock_at_ms().store(procfs::monotonic_ms() + 3_600_000, SeqCst);
         live(&t, 2);
         assert_eq!(current(&t), vec![1], "not rebuilt under someone else's lock");
         // It finishes: the next tick (or change) rebuilds.
