@@ -79,8 +79,10 @@ def main(args):
             print(f"unknown server or scenario {s!r}", file=sys.stderr)
             return 2
     for s in servers:
-        prefix = args.patched if s == NOSTEER else getattr(args, s.split()[1], None)
-        binary = args.rpserver if s == "rpserver" else os.path.join(prefix, "sbin", "nginx")
+        if s == "rpserver":
+            binary = args.rpserver
+        else:
+            binary = os.path.join(args.patched if s == NOSTEER else getattr(args, s.split()[1]), "sbin", "nginx")
         if not os.access(binary, os.X_OK):
             print(f"{binary} not found: run scripts/build.sh and scripts/build-nginx.sh", file=sys.stderr)
             return 2
