@@ -1,12 +1,16 @@
 /*
  * What the root-only C tests share: a CHECK that counts instead of stopping (so one run
- * reports every failure), and the switch to nobody that workers make.
+ * reports every failure), the switch to nobody that workers make, and the port a set's
+ * first listener was bound to.
  */
 #ifndef REUSEPORT_TEST_CHECKS_H
 #define REUSEPORT_TEST_CHECKS_H
 
 #include <grp.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "reuseport.h"
@@ -33,6 +37,14 @@ static inline void drop_privileges(void)
         perror("drop privileges");
         _exit(2);
     }
+}
+
+/* The port of listener 0 (opened on port 0: the kernel chose it). */
+static inline uint16_t port_of(reuseport_set *set)
+{
+    char spec[128];
+    reuseport_listener_get_spec(set, 0, spec, sizeof spec);
+    return (uint16_t)atoi(strrchr(spec, ':') + 1);
 }
 
 #endif

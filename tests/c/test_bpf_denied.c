@@ -194,9 +194,7 @@ int main(void)
     CHECK(reuseport_set_set_strategy(set, REUSEPORT_STRATEGY_BPF) == 0, "strategy");
     CHECK(reuseport_master_open(set) == 0, "open");
     CHECK(reuseport_listener_is_steered(set, 0) == 1, "the group is steered");
-    char spec[128];
-    reuseport_listener_get_spec(set, 0, spec, sizeof spec);
-    uint16_t port = (uint16_t)atoi(strrchr(spec, ':') + 1);
+    uint16_t port = port_of(set);
 
     pid_t w[2];
     for (int i = 0; i < 2; i++) {

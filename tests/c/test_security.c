@@ -25,13 +25,6 @@
 
 #include "checks.h"
 
-static uint16_t port_of(reuseport_set *set)
-{
-    char spec[128];
-    reuseport_listener_get_spec(set, 0, spec, sizeof spec);
-    return (uint16_t)atoi(strrchr(spec, ':') + 1);
-}
-
 /* Runs fn in a child as nobody; returns its exit status (0: what it checked held). */
 static int as_nobody(int (*fn)(void *), void *arg)
 {

@@ -160,9 +160,7 @@ int main(void)
     CHECK(reuseport_listener_is_steered(set, 1) == -ENOENT, "bad index");
     CHECK(reuseport_listener_get_slots(set, 0, NULL, 0, 0) == 0, "no worker yet, no slot");
 
-    char spec[128];
-    reuseport_listener_get_spec(set, 0, spec, sizeof spec);
-    uint16_t port = (uint16_t)atoi(strrchr(spec, ':') + 1);
+    uint16_t port = port_of(set);
 
     pid_t w[2];
     for (int i = 0; i < 2; i++) {
