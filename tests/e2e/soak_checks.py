@@ -11,6 +11,7 @@ from prefork import procfs
 from prefork.wait import Failure, check, wait_for
 
 from . import verdict
+from .soak_report import event_counts
 
 # How far a figure may rise above the first window's before it counts as growth. A leak
 # per event (the soak runs hundreds of reloads a minute) exceeds these within minutes.
@@ -169,10 +170,7 @@ def summary(label, records):
         return f"soak {label}: no window completed"
     total = sum(r["requests"] for r in records)
     failed = sum(r["failed"] for r in records)
-    events = {}
-    for r in records:
-        for k, v in r["events"].items():
-            events[k] = events.get(k, 0) + v
+    events = event_counts(records)
     return (f"soak {label}: {len(records)} windows, {total} requests, {failed} failed "
             f"({sum(r['unexcused'] for r in records)} unexcused), events "
             + " ".join(f"{k}={v}" for k, v in sorted(events.items())))

@@ -28,11 +28,17 @@ def table(records):
     return "\n".join(lines)
 
 
-def totals(records):
+def event_counts(records):
+    """{event: how many} over the windows' records."""
     events = {}
     for r in records:
         for k, v in r["events"].items():
             events[k] = events.get(k, 0) + v
+    return events
+
+
+def totals(records):
+    events = event_counts(records)
     return (f"{sum(r['requests'] for r in records)} requests, {sum(r['failed'] for r in records)} failed "
             f"({sum(r['unexcused'] for r in records)} unexcused); events: "
             + ", ".join(f"{k} {v}" for k, v in sorted(events.items())))
