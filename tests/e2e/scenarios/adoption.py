@@ -10,14 +10,11 @@ After each, the layout of the build then serving is checked (the library's: the 
 holds no listen socket, each worker one per address), so sockets inherited from the other
 build may not linger in any process."""
 
-import signal
 import time
-
-from prefork.wait import check, wait_for
 
 from .. import Skip
 from . import scenario
-from .lifecycle import BOTH, pid_file_names, upgrade_done, wait_reverted
+from .lifecycle import BOTH, pid_file_names, revert_by_hup, upgrade_done, wait_reverted
 
 
 def adoption_started(srv, ctx):
@@ -52,14 +49,7 @@ def adopt_revert_hup(srv, ctx):
     """The upgrade to the other build, reverted: WINCH to the old master, then HUP to it
     (it starts workers again) and QUIT to the new one; the old binary is put back."""
     load, old, new = adoption_started(srv, ctx)
-    srv.signal(old, signal.SIGWINCH)
-    srv.wait_settled(old, 0)
-    time.sleep(0.3)
-    srv.restore_binary()
-    srv.reload(old)
-    srv.signal(new, signal.SIGQUIT)
-    srv.wait_exit(new)
-    wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+    revert_by_hup(srv, old, new, before_hup=srv.restore_binary)
     time.sleep(0.5)
     ctx.result = load.stop()
     pid_file_names(srv, old)

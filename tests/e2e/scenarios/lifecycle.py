@@ -184,22 +184,30 @@ def revert_hup(srv, ctx):
     load = ctx.load()
     time.sleep(0.5)
     old, new = srv.start_upgrade()
-    srv.signal(old, signal.SIGWINCH)
-    srv.wait_settled(old, 0)
-    time.sleep(0.3)
-    srv.reload(old)
-    srv.signal(new, signal.SIGQUIT)
-    srv.wait_exit(new)
-    wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
+    revert_by_hup(srv, old, new)
     time.sleep(0.3)
     ctx.result = load.stop()
     pid_file_names(srv, old)
     return old
 
 
+def revert_by_hup(srv, old, new, before_hup=None):
+    """Reverts an upgrade by HUP: WINCH to the old master (its workers leave), HUP to it
+    (it starts workers again; before_hup() runs first, such as putting the old binary
+    back), QUIT to the new one; returns once the old master owns the pid file again."""
+    srv.signal(old, signal.SIGWINCH)
+    srv.wait_settled(old, 0)
+    time.sleep(0.3)
+    if before_hup is not None:
+        before_hup()
+    srv.reload(old)
+    srv.signal(new, signal.SIGQUIT)
+    wait_reverted(srv, old, new)
+
+
 def wait_reverted(srv, old, new):
-    """After TERM to the new master of an upgrade: returns once it has exited and the old
-    master owns the pid file again."""
+    """After TERM or QUIT to the new master of an upgrade: returns once it has exited and
+    the old master owns the pid file again."""
     srv.wait_exit(new)
     wait_for(lambda: srv.master() == old, 5, "the old master to take its pid file back")
 
