@@ -8,8 +8,9 @@
 #   scripts/fuzz.sh --minutes 30                  # every target, 30 minutes each
 #   scripts/fuzz.sh --seconds 60 --target spec_parse
 #
-# Without a nightly toolchain it exits 77 (skipped), or 1 when CI is set. It installs
-# cargo-fuzz (cargo +nightly install cargo-fuzz) when it is missing.
+# It installs the nightly toolchain (rustup) and cargo-fuzz (cargo +nightly install
+# cargo-fuzz) when they are missing; when they cannot be had it exits 77 (skipped), or 1
+# when CI is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$HOME/.cargo/bin:$PATH"
@@ -34,8 +35,11 @@ skip() {
     exit 77
 }
 
-rustup run nightly rustc --version >/dev/null 2>&1 ||
-    skip "the fuzz targets need a nightly toolchain: rustup toolchain install nightly"
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "installing the nightly toolchain (rustup toolchain install nightly --profile minimal)"
+    rustup toolchain install nightly --profile minimal >/dev/null 2>&1 ||
+        skip "the fuzz targets need a nightly toolchain, and rustup could not install it: rustup toolchain install nightly"
+fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz (cargo +nightly install cargo-fuzz)"
     cargo +nightly install --locked cargo-fuzz
