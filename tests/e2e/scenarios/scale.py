@@ -41,15 +41,13 @@ def reload100w(srv, ctx):
     after each reload the new generation serves (every one of its workers answers before
     the next reload). The latency benchmark compares its tail with stock nginx's."""
     srv.configure(RELOADED, BOTH)
-    first = srv.start()
+    srv.start()
     master = srv.master()
     load = ctx.load(BOTH)
     time.sleep(1)
     generations = []
-    previous = first
     for _ in range(3):
-        previous = srv.reload(master)
-        generations.append(previous)
+        generations.append(srv.reload(master))
         time.sleep(1.5)
     ctx.result = load.stop()
     shares = ctx.result["workers"]
