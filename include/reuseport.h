@@ -603,10 +603,12 @@ int reuseport_set_get_retire_fd(const struct reuseport_set *set);
 /**
  * Sets how long connections may wait on a worker whose heartbeat stands still before new
  * connections are steered around it and its queue is moved (default 50 ms). 0 turns
- * steering off: groups this set opens afterwards get the plain migration program. The
- * threshold is read by the master's reuseport_watch(); on/off is decided at
- * reuseport_master_open(). Who: the master, before opening (or any time, to change the
- * threshold).
+ * those health verdicts off, not the steering program: new connections still go to live
+ * workers' sockets only, never to one that is leaving (that closes a kernel race in which
+ * a handshake completing while its listener closes is reset), and reuseport_watch() then
+ * asks for a tick once a second, to free dead workers' slots. The threshold is read by
+ * the master's reuseport_watch(). Who: the master, before opening (or any time, to change
+ * the threshold).
  */
 int reuseport_set_set_health_threshold(struct reuseport_set *set, unsigned int ms);
 
@@ -690,6 +692,18 @@ int reuseport_master_reclaim(const struct reuseport_set *set);
  * set. -EINVAL for an unknown value, -EALREADY when the set holds sockets.
  */
 int reuseport_set_set_strategy(struct reuseport_set *set, int strategy);
+
+/**
+ * Switches health-aware steering on (1, the default) or off (0) for the groups this set
+ * opens (with the library's program as the strategy). Off, a group gets the plain
+ * migration program: the least cost per connection, but the kernel's hash sends
+ * handshakes to a leaving socket up to its close, and one that completes in the
+ * microseconds of the close is reset (a few per reload under heavy load); steering keeps
+ * new connections off a socket from the moment its worker starts leaving. To keep the
+ * steering but drop the health verdicts, set the health threshold to 0 instead. Before
+ * reuseport_master_open(); -EALREADY when the set holds sockets, -EINVAL for NULL.
+ */
+int reuseport_set_set_steering(struct reuseport_set *set, int on);
 
 /**
  * The strategy listener `index` actually got when it was last opened in this set (never

@@ -18,12 +18,16 @@ fn root_or_skip(test: &str) -> bool {
     root
 }
 
-/// A master set on a kernel-chosen port of 127.0.0.1, opened.
-fn master(strategy: Strategy, threshold: Duration) -> (Set, SocketAddr) {
+/// A master set on a kernel-chosen port of 127.0.0.1, opened; `threshold` None: not
+/// steered (the plain migration program).
+fn master(strategy: Strategy, threshold: Option<Duration>) -> (Set, SocketAddr) {
     let mut m = Set::new();
     m.add_spec("127.0.0.1:0 backlog=256").unwrap();
     m.set_strategy(strategy).unwrap();
-    m.set_health_threshold(threshold);
+    match threshold {
+        Some(t) => m.set_health_threshold(t),
+        None => m.set_steering(false).unwrap(),
+    }
     m.master_open().unwrap();
     let addr = m.listeners()[0].addr();
     (m, addr)
@@ -72,7 +76,7 @@ fn retire_returns_at_once_while_another_process_holds_the_turn() {
     if !root_or_skip("retire_returns_at_once_while_another_process_holds_the_turn") {
         return;
     }
-    let (mut m, addr) = master(Strategy::Bpf, Duration::ZERO);
+    let (mut m, addr) = master(Strategy::Bpf, None);
     let mut w = worker(&m, addr);
     // The master retires first: it takes the turn, closes, and keeps the turn 10 ms.
     let Progress::Again(hold) = step(&mut m, None) else { panic!("the master keeps the turn after its close") };
@@ -105,7 +109,7 @@ fn a_steered_worker_hands_over_what_arrives_while_it_leaves_and_loses_nothing() 
     if !root_or_skip("a_steered_worker_hands_over_what_arrives_while_it_leaves_and_loses_nothing") {
         return;
     }
-    let (mut m, addr) = master(Strategy::Bpf, Duration::from_millis(50));
+    let (mut m, addr) = master(Strategy::Bpf, Some(Duration::from_millis(50)));
     let mut w1 = worker(&m, addr);
     let w2 = worker(&m, addr);
     m.release().unwrap();
@@ -147,7 +151,7 @@ fn a_handed_over_program_does_not_turn_steering_off() {
         return;
     }
     // A set without steering holds a plain migration program...
-    let (plain, _) = master(Strategy::Bpf, Duration::ZERO);
+    let (plain, _) = master(Strategy::Bpf, None);
     assert_eq!(plain.steered(0), Some(false));
     let prog = plain.program_fd().expect("the migration program");
     // ...which another set is handed (as across an upgrade's exec): it still steers.
@@ -159,11 +163,19 @@ fn a_handed_over_program_does_not_turn_steering_off() {
     // With steering off it uses the program it was handed.
     let mut off = Set::new();
     off.add_spec("127.0.0.1:0").unwrap();
-    off.set_health_threshold(Duration::ZERO);
+    off.set_steering(false).unwrap();
     off.inherit(&plain).unwrap();
     off.master_open().unwrap();
     assert_eq!(off.steered(0), Some(false));
     assert!(off.program_fd().is_some());
+    // A health threshold of 0 drops the verdicts, not the steering: leaving sockets
+    // still get no new connections.
+    let mut unjudged = Set::new();
+    unjudged.add_spec("127.0.0.1:0").unwrap();
+    unjudged.set_health_threshold(Duration::ZERO);
+    unjudged.master_open().unwrap();
+    assert_eq!(unjudged.steered(0), Some(true));
+    assert_eq!(unjudged.watch(), Some(Duration::from_secs(1)), "housekeeping once a second");
 }
 
 #[test]
@@ -171,7 +183,7 @@ fn a_reload_set_shares_the_steering_of_the_addresses_both_have() {
     if !root_or_skip("a_reload_set_shares_the_steering_of_the_addresses_both_have") {
         return;
     }
-    let (mut old, addr) = master(Strategy::Auto, Duration::from_millis(50));
+    let (mut old, addr) = master(Strategy::Auto, Some(Duration::from_millis(50)));
     let _w = worker(&old, addr);
     old.release().unwrap();
     let other = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -190,7 +202,7 @@ fn a_worker_waits_in_the_choice_until_its_successor_is_eligible() {
     if !root_or_skip("a_worker_waits_in_the_choice_until_its_successor_is_eligible") {
         return;
     }
-    let (mut old, addr) = master(Strategy::Bpf, Duration::from_millis(50));
+    let (mut old, addr) = master(Strategy::Bpf, Some(Duration::from_millis(50)));
     let mut w1 = worker(&old, addr);
     old.release().unwrap();
     // A reload: the new set opens (a successor is coming) but no new worker runs yet.

@@ -127,7 +127,7 @@ static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen
         cf->shared_socket = strcmp(args, "on") == 0;
     } else if (strcmp(name, "reuseport_health_threshold") == 0) {
         if (parse_ms(args, &cf->health_threshold_ms) != 0) {
-            snprintf(err, errlen, "reuseport_health_threshold \"%.200s\": a time such as 50ms, or 0 for no steering",
+            snprintf(err, errlen, "reuseport_health_threshold \"%.200s\": a time such as 50ms, or 0 for no health verdicts",
                      args);
             return -1;
         }

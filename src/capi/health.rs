@@ -58,10 +58,12 @@ fn state_code(s: SlotState) -> reuseport_slot_state {
 
 /// Sets how long connections may wait on a worker whose heartbeat stands still before new
 /// connections are steered around it and its queue is moved (default 50 ms). 0 turns
-/// steering off: groups this set opens afterwards get the plain migration program. The
-/// threshold is read by the master's reuseport_watch(); on/off is decided at
-/// reuseport_master_open(). Who: the master, before opening (or any time, to change the
-/// threshold).
+/// those health verdicts off, not the steering program: new connections still go to live
+/// workers' sockets only, never to one that is leaving (that closes a kernel race in which
+/// a handshake completing while its listener closes is reset), and reuseport_watch() then
+/// asks for a tick once a second, to free dead workers' slots. The threshold is read by
+/// the master's reuseport_watch(). Who: the master, before opening (or any time, to change
+/// the threshold).
 #[no_mangle]
 pub extern "C" fn reuseport_set_set_health_threshold(set: *mut reuseport_set, ms: c_uint) -> c_int {
     guard("reuseport_set_set_health_threshold", || {

@@ -66,6 +66,19 @@ pub extern "C" fn reuseport_set_set_strategy(set: *mut reuseport_set, strategy: 
     })
 }
 
+/// Switches health-aware steering on (1, the default) or off (0) for the groups this set
+/// opens (with the library's program as the strategy). Off, a group gets the plain
+/// migration program: the least cost per connection, but the kernel's hash sends
+/// handshakes to a leaving socket up to its close, and one that completes in the
+/// microseconds of the close is reset (a few per reload under heavy load); steering keeps
+/// new connections off a socket from the moment its worker starts leaving. To keep the
+/// steering but drop the health verdicts, set the health threshold to 0 instead. Before
+/// reuseport_master_open(); -EALREADY when the set holds sockets, -EINVAL for NULL.
+#[no_mangle]
+pub extern "C" fn reuseport_set_set_steering(set: *mut reuseport_set, on: c_int) -> c_int {
+    guard("reuseport_set_set_steering", || set_mut(set)?.set_steering(on != 0).map(|_| 0))
+}
+
 /// The strategy listener `index` actually got when it was last opened in this set (never
 /// AUTO; still answered after a retire), or -ENOENT for a bad index, -EAGAIN when it has
 /// not been opened yet. The log (INFO, WARN

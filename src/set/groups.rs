@@ -1,6 +1,6 @@
 //! How a set's reuseport groups keep the connections of a leaving socket: the strategy
-//! asked for, the migration program (loaded once per set, or handed over), and whether
-//! the master's groups are steered (health_threshold above zero).
+//! asked for, the migration program (loaded once per set, or handed over), and the
+//! master's steering (with health verdicts while health_threshold is above zero).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
@@ -22,8 +22,12 @@ pub(crate) struct Groups {
     /// Why the program could not be loaded (errno), so each listener does not try again.
     program_error: Option<i32>,
     /// How long connections may wait on a worker whose heartbeat stands still before the
-    /// watch steers around it; zero turns steering off (steering/watch.rs).
+    /// watch steers around it; zero turns those verdicts off, not the steering program,
+    /// which still keeps new connections off leaving sockets (steering/watch.rs).
     pub(crate) health_threshold: Duration,
+    /// Whether a master's groups get the steering program (with the library's program as
+    /// the strategy); off, they get the plain migration program (Set::set_steering()).
+    pub(crate) steering: bool,
     /// Workers per generation the server runs at most (0: not said); sizes the slot table
     /// a master creates for each group (steering/slots.rs).
     pub(crate) max_workers: usize,
@@ -36,6 +40,7 @@ impl Default for Groups {
             program: None,
             program_error: None,
             health_threshold: verdict::DEFAULT_THRESHOLD,
+            steering: true,
             max_workers: 0,
         }
     }
@@ -48,10 +53,11 @@ impl Groups {
 
     /// The steering context for a listener bound to `bound`: the one it already has
     /// (inherited from the master by a worker, from the previous set by a reload, or from
-    /// this set's previous open), or a new one created by a master's open. None when
-    /// steering is off (threshold 0, or a strategy other than the library's program) or
-    /// cannot be created here (then the migration program is used: loaded, or the one
-    /// handed over).
+    /// this set's previous open), or a new one created by a master's open. None with a
+    /// strategy other than the library's program, with steering switched off, or when
+    /// steering cannot be created here
+    /// (then the migration program is used: loaded, or the one handed over). The health
+    /// threshold does not decide it: at 0 the group is steered without health verdicts.
     ///
     /// A master that creates a steering context also loads the plain migration program
     /// while it can, and keeps it (handed on to a reload's set and, by the server, across
@@ -66,7 +72,7 @@ impl Groups {
         bound: &SocketAddr,
         configure: bool,
     ) -> Option<Arc<Steering>> {
-        if !self.wants_bpf() || self.health_threshold.is_zero() {
+        if !self.wants_bpf() || !self.steering {
             return None;
         }
         if let Some(s) = existing {

@@ -399,9 +399,22 @@ impl Set {
     }
 
     /// How long connections may wait on a worker whose heartbeat stands still before it is
-    /// steered around; zero turns steering off for the groups this set opens next.
+    /// steered around; zero turns the health verdicts off (the groups stay steered: leaving
+    /// sockets get no new connections).
     pub fn set_health_threshold(&mut self, threshold: Duration) {
         self.groups.health_threshold = threshold;
+    }
+
+    /// Whether the groups this set opens next are steered (the default) or get the plain
+    /// migration program. The plain program costs the least per connection, but the
+    /// kernel's hash then sends handshakes to a leaving socket up to its close, and one
+    /// that completes in the microseconds of the close is reset: a few per reload under
+    /// heavy load. Steering keeps new connections off a socket from the moment its
+    /// worker starts leaving. Before opening; a reload's set decides for itself.
+    pub fn set_steering(&mut self, on: bool) -> Result<()> {
+        transition(self.role, Op::Configure("switch steering")).map_err(refused)?;
+        self.groups.steering = on;
+        Ok(())
     }
 
     /// The threshold set by [`Set::set_health_threshold`] (default 50 ms).

@@ -15,6 +15,9 @@ pub const DEFAULT_THRESHOLD: Duration = Duration::from_millis(50);
 pub(crate) const OVERLOAD_TICKS: u32 = 8;
 /// ...if at least this many connections wait.
 const OVERLOAD_MIN: u32 = 16;
+/// With verdicts off (threshold 0), how long a slot's socket may be missing from the
+/// listeners before its slot is freed (the watch then reads the queues once a second).
+pub(crate) const MISSING_GRACE_UNJUDGED: Duration = Duration::from_secs(1);
 
 /// How often the master should call the watch for a threshold.
 pub fn tick_for(threshold: Duration) -> Duration {
@@ -96,6 +99,9 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     if flags & FLAG_RETIRING != 0 {
         return d;
     }
+    if threshold.is_zero() {
+        return housekeeping_only(m, flags, obs, now);
+    }
     let queue = match obs.queue {
         Queue::Len(q) => q,
         Queue::Unread => return judge_beats_only(m, flags, obs, now),
@@ -155,6 +161,21 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
             d.rescue = true;
             m.last_rescue = Some(now);
         }
+    }
+    d
+}
+
+/// Verdicts off (threshold 0): the program still keeps new connections off leaving
+/// sockets, and the watch only keeps the table true. A verdict from before the threshold
+/// was set to 0 is lifted, nothing is judged or rescued, and a slot whose socket stopped
+/// listening without retiring is freed after MISSING_GRACE_UNJUDGED.
+fn housekeeping_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant) -> Decision {
+    let mut d = Decision { clear: flags & (FLAG_STALE | FLAG_OVERLOADED), ..Decision::default() };
+    m.last_beats = obs.beats;
+    match obs.queue {
+        Queue::Missing => d.free = now - *m.missing_since.get_or_insert(now) >= MISSING_GRACE_UNJUDGED,
+        Queue::Len(_) => m.missing_since = None,
+        Queue::Unread => {}
     }
     d
 }
@@ -247,6 +268,26 @@ mod tests {
         assert!(d.rescue, "stragglers are moved again later");
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(6, 2), at(275), T);
         assert_eq!(d.clear, FLAG_STALE, "a moving heartbeat brings it back");
+    }
+
+    #[test]
+    fn threshold_zero_judges_nothing_lifts_old_verdicts_and_frees_what_stopped_listening() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        for k in 0..40 {
+            let d = judge(&mut m, LIVE, unseen(5, Queue::Len(50 + k)), at(25 * k as u64), Duration::ZERO);
+            assert_eq!(d, Decision::default(), "a still worker with a growing queue is not judged");
+        }
+        let d = judge(&mut m, LIVE | FLAG_STALE | FLAG_OVERLOADED, obs(5, 3), at(1000), Duration::ZERO);
+        assert_eq!(d.clear, FLAG_STALE | FLAG_OVERLOADED, "verdicts from before the switch to 0 are lifted");
+        assert!(!d.rescue);
+        let d = judge(&mut m, LIVE, unseen(5, Queue::Unread), at(1100), Duration::ZERO);
+        assert_eq!(d, Decision::default());
+        assert!(!judge(&mut m, LIVE, obs(5, 0), at(1200), Duration::ZERO).free);
+        let missing = Observation { queue: Queue::Missing, ..obs(5, 0) };
+        assert!(!judge(&mut m, LIVE, missing, at(1300), Duration::ZERO).free, "not at once");
+        assert!(judge(&mut m, LIVE, missing, at(1300) + MISSING_GRACE_UNJUDGED, Duration::ZERO).free);
     }
 
     #[test]

@@ -50,6 +50,14 @@
 //! master wakes once a second. The first connections after such a pause may thus find a
 //! stalled worker judged up to a second late; while connections arrive, a stall is judged
 //! within the threshold plus a tick of the first connection it left unseen.
+//!
+//! Threshold 0 turns the verdicts off, not the program: it still keeps new connections
+//! off a leaving socket (without it, the kernel's hash sends handshakes to a listener up
+//! to its close, and one that completes in the microseconds the close takes is reset,
+//! migration or not: measured, 1 to 6 resets in a 10 s reload storm at saturation). The
+//! watch then only keeps the table true, once a second: it lifts a verdict made before the
+//! threshold was set to 0, frees the slots of workers that died or whose socket stopped
+//! listening, and rebuilds an eligible list a killed process left half done.
 
 use std::collections::HashMap;
 use std::io;
@@ -125,26 +133,29 @@ impl WatchState {
         // worker (nothing sent since it last looked) is not one, however still, nor is a
         // worker that is merely descheduled for a few ticks on a busy host.
         let soon = threshold.saturating_sub(tick_for(threshold) / 2);
-        let candidate = (0..high).any(|i| {
-            let f = t.flags(i).load(Ordering::Acquire);
-            let beats = t.beats(i).load(Ordering::Relaxed);
-            let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
-            f & FLAG_CLAIMED != 0
-                && f & FLAG_RETIRING == 0
-                && beats != 0
-                && self.slots.get(i).is_some_and(|m| {
-                    m.last_beats() == beats
-                        && (f & FLAG_STALE != 0 || (unseen && m.unseen_for(now).is_some_and(|d| d >= soon)))
-                })
-        });
+        let candidate = !threshold.is_zero()
+            && (0..high).any(|i| {
+                let f = t.flags(i).load(Ordering::Acquire);
+                let beats = t.beats(i).load(Ordering::Relaxed);
+                let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
+                f & FLAG_CLAIMED != 0
+                    && f & FLAG_RETIRING == 0
+                    && beats != 0
+                    && self.slots.get(i).is_some_and(|m| {
+                        m.last_beats() == beats
+                            && (f & FLAG_STALE != 0 || (unseen && m.unseen_for(now).is_some_and(|d| d >= soon)))
+                    })
+            });
         let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
-        candidate || (self.moved && self.ticks_since_diag >= OVERLOAD_EVERY) || self.backlog || due
+        let overload_rule =
+            !threshold.is_zero() && ((self.moved && self.ticks_since_diag >= OVERLOAD_EVERY) || self.backlog);
+        candidate || overload_rule || due
     }
 
     /// When the group wants the next tick.
     pub(crate) fn next_tick(&self, threshold: Duration) -> Duration {
         let quiet = self.quiet_since.is_some_and(|since| since.elapsed() >= QUIET_AFTER);
-        if quiet && !self.any_queue {
+        if threshold.is_zero() || (quiet && !self.any_queue) {
             IDLE_TICK
         } else {
             tick_for(threshold)

@@ -225,13 +225,24 @@ int main(void)
     /* Steering off: the plain migration program, nothing to watch. */
     reuseport_set *plain = reuseport_set_new();
     reuseport_set_add(plain, "127.0.0.1:0");
-    reuseport_set_set_health_threshold(plain, 0);
+    CHECK(reuseport_set_set_steering(plain, 0) == 0, "steering off");
     CHECK(reuseport_master_open(plain) == 0, "open without steering");
+    CHECK(reuseport_set_set_steering(plain, 1) == -EALREADY, "decided at open");
     CHECK(reuseport_listener_is_steered(plain, 0) == 0, "not steered");
     CHECK(reuseport_listener_get_slots(plain, 0, NULL, 0, 0) == -ENOTSUP, "no slots to report");
     CHECK(reuseport_watch(plain) == 0, "nothing to watch");
     CHECK(reuseport_heartbeat(NULL) == -EINVAL, "NULL set");
+    CHECK(reuseport_set_set_steering(NULL, 0) == -EINVAL, "NULL set");
     reuseport_set_free(plain);
+
+    /* Threshold 0: steered (leaving sockets get nothing new), no verdicts, a tick a second. */
+    reuseport_set *unjudged = reuseport_set_new();
+    reuseport_set_add(unjudged, "127.0.0.1:0");
+    reuseport_set_set_health_threshold(unjudged, 0);
+    CHECK(reuseport_master_open(unjudged) == 0, "open with threshold 0");
+    CHECK(reuseport_listener_is_steered(unjudged, 0) == 1, "still steered");
+    CHECK(reuseport_watch(unjudged) == 1000, "housekeeping once a second (%d)", reuseport_watch(unjudged));
+    reuseport_set_free(unjudged);
     reuseport_set_free(set);
 
     printf("test_steering: %d passed, %d failed\n", passed, failed);

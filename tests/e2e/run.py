@@ -95,7 +95,8 @@ def arguments(scenarios):
     ng.add_argument("--to-prefix", help="the build an in-place upgrade adopts (the adopt_* scenarios)")
     ng.add_argument("--to-kind", choices=("stock", "patched"), help="default: from the prefix's name")
     ng.add_argument("--steering", choices=("on", "off"), default="on",
-                    help="off: the patched build runs with reuseport_health_threshold 0")
+                    help="off: the patched build runs with reuseport_health_threshold 0 (no health "
+                         "verdicts; the program still keeps new connections off leaving sockets)")
     ng.add_argument("--master-user", help="run the master as this user (no capabilities: no BPF), not root")
     return p.parse_args()
 
@@ -204,7 +205,7 @@ def main():
     if args.server == "nginx" and srv.to_build is not None:
         extra += f" -> {srv.to_build.version} {srv.to_build.kind}"
     if args.server == "nginx" and not srv.steering:
-        extra += ", steering off"
+        extra += ", threshold 0"
     name = f"{args.scenario} ({extra}, tcp_migrate_req={args.sysctl})"
     if not args.expect_zero:
         print(f"{name}: a baseline recording: the failures are counted, not judged")

@@ -48,7 +48,8 @@ ngx_uint_t ngx_reuseport_joins_group(ngx_cycle_t *cycle, ngx_listening_t *ls);
 
 /*
  * reuseport_health_threshold: how long connections may wait on a worker that
- * stopped beating before the others take its share, 0 turns steering off
+ * stopped beating before the others take its share; 0 turns those verdicts
+ * off (new connections still avoid leaving workers' sockets)
  */
 #define NGX_REUSEPORT_HEALTH_THRESHOLD      50
 #define NGX_REUSEPORT_HEALTH_THRESHOLD_MAX  60000

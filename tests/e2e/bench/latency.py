@@ -27,8 +27,8 @@ SCENARIOS = ["steady", "reload10", "reload_storm", "workers_change", "upgrade", 
 # nginx's alone: 100 workers through 3 reloads (scenarios/scale.py)
 NGINX_ONLY = {"reload100w"}
 SERVERS = ["nginx stock", "nginx patched", "rpserver"]
-# Not in the default list: patched nginx with `reuseport_health_threshold 0` (the library's
-# migration program, no steering), to tell what steering costs from what the rest costs.
+# Not in the default list: patched nginx with `reuseport_health_threshold 0` (steered, no
+# health verdicts: the master ticks once a second), to tell what the verdicts cost.
 NOSTEER = "nginx patched-nosteer"
 FIGURES = ("p50", "p99", "p999", "max")
 GOAL = 1.1

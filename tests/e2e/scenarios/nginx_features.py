@@ -242,7 +242,7 @@ def health_threshold(srv, ctx):
     worker stopped for 1 s under load is declared stalled after 300 ms (the warning in the
     error log names the threshold), and its queue goes to the other worker, so no
     connection fails; after a reload with 200ms, the same with 200 ms; and after reloads
-    to 0 (steering off) and to 100ms, steering is back, at 100 ms. Patched only: stock
+    to 0 (no verdicts) and to 100ms, steering is back, at 100 ms. Patched only: stock
     nginx knows no such directive."""
     addr = f"127.0.0.1:{PORT}"
     for value, want in (("soon", "invalid value"), ("2m", "must be at most 60000ms")):

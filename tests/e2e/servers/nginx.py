@@ -89,7 +89,7 @@ class Nginx(Adapter):
         """to_build: the build an in-place upgrade adopts (swap_binary()): nginx then runs
         from a copy of the binary in the work directory, as an installed nginx runs from
         its path, and the upgrade replaces that file. steering False: the patched build
-        runs with `reuseport_health_threshold 0` (the library's migration program only).
+        runs with `reuseport_health_threshold 0` (steered, without health verdicts).
         master_user: run the master as this user (from root, through setpriv: no
         capability left, so no CAP_BPF and no program), as a non-root user starts nginx on
         an unprivileged port; the work directory becomes writable for it."""
@@ -463,7 +463,7 @@ class Nginx(Adapter):
             fields.update(server=f"{self.first_build.kind}>{self.to_build.kind}",
                           nginx_version=f"{version(self.first_build)}>{version(self.to_build)}")
         if not self.steering:
-            fields["steering"] = "off"
+            fields["steering"] = "no verdicts"
         if self.master_user is not None:
             # no capability: no program, so no steering whatever the config says
             fields["steering"] = f"none ({self.master_user} master)"
