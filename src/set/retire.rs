@@ -28,7 +28,8 @@
 //!    socket stays in the choice (without an eligible sibling the program would fall back
 //!    to the kernel's hash, over sockets whose workers may not accept yet); then it leaves
 //!    the choice, and STEER_GAP lets handshakes that chose it just before complete into
-//!    the queue, which migrates whole. With a taker (`hand_over`), what arrives meanwhile
+//!    the queue, which migrates whole (STEER_GAP_UNSERVED, shorter, when nobody accepts
+//!    from the socket any more: its queue waits for the close). With a taker (`hand_over`), what arrives meanwhile
 //!    is accepted and handed over instead of waiting for the close.
 //! 2. The close token (close_token.rs): the sockets of one master's processes close in
 //!    turn, waited for at most TURN_PATIENCE (pollable: Retirement::poll_fd()). Not for
@@ -58,8 +59,16 @@ const TURN_GAP: Duration = Duration::from_millis(10);
 const STEER_PATIENCE: Duration = Duration::from_millis(300);
 
 /// How long a retiring worker keeps its socket open after leaving the program's choice:
-/// handshakes that chose it just before complete in well under this on a LAN.
+/// handshakes that chose it just before complete in well under this on a LAN. With a
+/// taker the worker serves what lands meanwhile, so the gap costs nothing.
 const STEER_GAP: Duration = Duration::from_millis(10);
+
+/// The gap without a taker: nobody accepts from the socket any more, so everything queued
+/// on it waits for the close (and the migration) for the whole gap, which is then added
+/// to those clients' latency at every reload. Handshakes on loopback and a LAN complete
+/// well within it; one completing later still migrates at its final ACK unless that ACK
+/// lands in the microseconds of the close itself.
+const STEER_GAP_UNSERVED: Duration = Duration::from_millis(2);
 
 /// How often to look again for a sibling or a free turn (the token's fd can be polled
 /// instead).
@@ -274,7 +283,8 @@ impl Retirement {
                         c.mark_retiring();
                     }
                     self.phase = if found == Siblings::Eligible {
-                        Phase::LeavingChoice { gap: now + STEER_GAP }
+                        let gap = if hand_over.is_some() { STEER_GAP } else { STEER_GAP_UNSERVED };
+                        Phase::LeavingChoice { gap: now + gap }
                     } else {
                         if found == Siblings::Coming {
                             log::emit(Level::Debug, "retire: no sibling became eligible in time; closing anyway (the kernel spreads the queue)");
