@@ -11,8 +11,9 @@ use super::slots::{FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE};
 /// iteration for longer than this, with connections waiting, gets no new ones and has
 /// its queue served by a sibling until it beats again, which is the point.
 pub const DEFAULT_THRESHOLD: Duration = Duration::from_millis(50);
-/// Growing at this many consecutive ticks (two thresholds) makes a worker overloaded...
-pub(crate) const OVERLOAD_TICKS: u32 = 8;
+/// Growing at this many consecutive queue readings (two thresholds apart under traffic:
+/// eight thresholds) makes a worker overloaded...
+pub(crate) const OVERLOAD_READINGS: u32 = 4;
 /// ...if at least this many connections wait.
 const OVERLOAD_MIN: u32 = 16;
 /// With verdicts off (threshold 0), how long a slot's socket may be missing from the
@@ -134,7 +135,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         } else if queue < last_queue {
             m.growth = 0;
         }
-        if flags & FLAG_OVERLOADED == 0 && m.growth >= OVERLOAD_TICKS && queue >= OVERLOAD_MIN && !obs.alone {
+        if flags & FLAG_OVERLOADED == 0 && m.growth >= OVERLOAD_READINGS && queue >= OVERLOAD_MIN && !obs.alone {
             d.set |= FLAG_OVERLOADED;
             m.overload_mark = queue;
         } else if flags & FLAG_OVERLOADED != 0 && queue <= m.overload_mark / 2 {
@@ -295,13 +296,13 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         let mut flags = LIVE;
-        for k in 0..=OVERLOAD_TICKS as u64 {
+        for k in 0..=OVERLOAD_READINGS as u64 {
             let d = judge(&mut m, flags, obs(10 + k, 10 + 4 * k as u32), t0 + Duration::from_millis(25 * k), T);
             assert_eq!(d.set & FLAG_STALE, 0);
             flags |= d.set;
         }
-        assert_ne!(flags & FLAG_OVERLOADED, 0, "grew at every tick");
-        let d = judge(&mut m, flags, obs(100, 19), t0 + Duration::from_secs(1), T);
+        assert_ne!(flags & FLAG_OVERLOADED, 0, "grew at every reading");
+        let d = judge(&mut m, flags, obs(100, 10), t0 + Duration::from_secs(1), T);
         assert_eq!(d.clear, FLAG_OVERLOADED, "back when the queue halved");
     }
 

@@ -11,8 +11,11 @@
 //!   empty queue, so it is never stalled, however old its heartbeat. A stalled slot stays
 //!   out of the program's choice until its heartbeat moves again: without that, its queue
 //!   (emptied by the rescue) would make it look idle and it would be chosen again.
-//! - *overloaded*: its heartbeat moves but its queue grew at every tick for two thresholds;
-//!   it is back when the queue has shrunk to half.
+//! - *overloaded*: its heartbeat moves but its queue grew at OVERLOAD_READINGS readings in
+//!   a row (under traffic the queues are read every eighth tick: eight thresholds, 400 ms
+//!   at the default) and holds at least 16; it is back when the queue has shrunk to half.
+//!   The load-aware choice (program.rs) reacts per connection; this verdict is the slower
+//!   backstop for a worker that keeps falling behind.
 //! - A worker that never called reuseport_heartbeat() is not judged (a server that does not
 //!   use the call keeps plain even steering).
 //! - The last eligible worker of a group is not judged either (see `Observation::alone`):
@@ -41,9 +44,8 @@
 //! starts the slot's stall clock, from memory alone. The queues (one sock_diag query per
 //! address family) are read only when one may matter: a verdict is possible (a slot's
 //! heartbeat stood still over the tick and its clock is about a threshold old), a slot is
-//! marked stalled and still (its rescue), a queue held a few connections at the last
-//! reading (the overload rule follows its growth), every fourth tick under traffic, or
-//! once a second otherwise (sockets that stopped listening without retiring). Whether a
+//! marked stalled and still (its rescue), every eighth tick under traffic (the overload
+//! rule counts growth over those readings), or once a second otherwise (sockets that stopped listening without retiring). Whether a
 //! worker still lives (kill(pid, 0)) is asked only of slots whose heartbeat stands still,
 //! at most once a second. After a second without any arrival and with every queue empty,
 //! the watch asks to be called again in a second instead of a quarter threshold: an idle
@@ -67,7 +69,7 @@ use std::time::{Duration, Instant};
 use super::eligible;
 use super::rescue;
 use super::slots::{eligible, Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, OVERFLOW};
-use super::verdict::{judge, tick_for, Decision, Observation, Queue, SlotMemory, OVERLOAD_TICKS};
+use super::verdict::{judge, tick_for, Decision, Observation, Queue, SlotMemory, OVERLOAD_READINGS};
 use crate::log::{self, Level};
 use crate::sys::{diag, procfs};
 
@@ -79,12 +81,13 @@ pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
 /// and whether still workers live is asked this often.
 const DIAG_AT_LEAST: Duration = Duration::from_secs(1);
 /// Under traffic without a stall candidate, the queues are read every this many ticks
-/// (the overload rule counts growth over those readings).
-const OVERLOAD_EVERY: u32 = 4;
-/// A queue this long at a reading has the next tick read the queues again. Shorter ones,
-/// the usual state of a busy server's queues at any instant, do not: reading them at every
-/// tick cost a loaded master most of its watch time.
-const BACKLOG_FOLLOWED: u32 = 4;
+/// (two thresholds; the overload rule counts growth over those readings). A reading is
+/// one sock_diag dump, and a dump walks the kernel's whole listening hash (16,384 buckets,
+/// 256 KiB, cold in the cache: a few hundred microseconds) however few listeners it
+/// returns. Following busy queues at every tick (a queue of 4 or more had the next tick
+/// read again) cost a master of 64 workers x 4 addresses under load 1.7 % of a core, most
+/// of it in that walk, because on a busy host some queue always holds a few.
+const OVERLOAD_EVERY: u32 = 8;
 
 /// What the watch remembers of a group between ticks.
 #[derive(Debug, Default)]
@@ -99,9 +102,6 @@ pub(crate) struct WatchState {
     quiet_since: Option<Instant>,
     /// Some queue was not empty at the last reading.
     any_queue: bool,
-    /// Some queue held at least BACKLOG_FOLLOWED at the last reading: the queues are read
-    /// at every tick then, so that the overload rule sees its growth tick by tick.
-    backlog: bool,
     /// Ticks since the queues were last read, and when.
     ticks_since_diag: u32,
     last_diag: Option<Instant>,
@@ -147,8 +147,7 @@ impl WatchState {
                     })
             });
         let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
-        let overload_rule =
-            !threshold.is_zero() && ((self.moved && self.ticks_since_diag >= OVERLOAD_EVERY) || self.backlog);
+        let overload_rule = !threshold.is_zero() && self.moved && self.ticks_since_diag >= OVERLOAD_EVERY;
         candidate || overload_rule || due
     }
 
@@ -193,7 +192,6 @@ impl WatchState {
             st.ticks_since_diag = 0;
             st.last_diag = Some(now);
             st.any_queue = false;
-            st.backlog = false;
         } else {
             st.ticks_since_diag += 1;
         }
@@ -234,7 +232,6 @@ impl WatchState {
                     Some(found) => {
                         t.queue(i).store(found.queue, Ordering::Relaxed);
                         st.any_queue |= found.queue > 0;
-                        st.backlog |= found.queue >= BACKLOG_FOLLOWED;
                         Queue::Len(found.queue)
                     }
                     None => {
@@ -309,7 +306,7 @@ fn report(s: &Group<'_>, slot: usize, pid: u32, d: &Decision, queue: u32, thresh
         );
     }
     if d.set & FLAG_OVERLOADED != 0 {
-        log::emit(Level::Warn, &format!("{addr}: worker {pid} (slot {slot}) is overloaded: its accept queue grew for {} ticks to {queue}; new connections go to its siblings", OVERLOAD_TICKS));
+        log::emit(Level::Warn, &format!("{addr}: worker {pid} (slot {slot}) is overloaded: its accept queue grew at {} readings in a row to {queue}; new connections go to its siblings", OVERLOAD_READINGS));
     }
     if d.clear & FLAG_OVERLOADED != 0 {
         log::emit(
