@@ -52,7 +52,7 @@ mod tests;
 
 pub use slots::{capacity_for, SlotState, SlotStatus, Table};
 use slots::{eligible as is_eligible, state_of, Group, Layout, OVERFLOW};
-use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING};
+use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING, FLAG_WARMING};
 
 /// One group's steering context.
 pub struct Steering {
@@ -181,8 +181,17 @@ impl Steering {
             u.why = format!("cannot put the socket into the steering map (bpf map update): {e}; {}", u.why);
             return Err(u);
         }
-        t.set_flags(slot, FLAG_MEMBER);
-        Ok(SlotClaim { steering: Arc::clone(self), slot, owner: std::process::id() })
+        // In a group whose workers beat, a new worker is chosen from its first heartbeat on:
+        // before that its event loop is not running (a reload's new worker still starting),
+        // and what the program sent it would wait. Its siblings count it as coming.
+        let warming = t.beating().load(Ordering::Acquire) != 0;
+        t.set_flags(slot, FLAG_MEMBER | if warming { FLAG_WARMING } else { 0 });
+        Ok(SlotClaim {
+            steering: Arc::clone(self),
+            slot,
+            owner: std::process::id(),
+            beaten: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Every claimed slot, in slot order.
@@ -219,6 +228,8 @@ pub struct SlotClaim {
     pub steering: Arc<Steering>,
     pub slot: usize,
     owner: u32,
+    /// Its owner has beaten since the claim (so the slot is no longer warming).
+    beaten: std::sync::atomic::AtomicBool,
 }
 
 impl SlotClaim {
@@ -228,6 +239,22 @@ impl SlotClaim {
         let t = self.steering.table();
         t.beats(self.slot).fetch_add(1, Ordering::Relaxed);
         store_if_changed(t.seen(self.slot), t.arrivals(self.slot).load(Ordering::Relaxed));
+        if !self.beaten.load(Ordering::Relaxed) {
+            self.first_beat();
+        }
+    }
+
+    /// The owner's loop runs: the slot may be chosen, and the group's later workers warm up.
+    #[cold]
+    fn first_beat(&self) {
+        self.beaten.store(true, Ordering::Relaxed);
+        let t = self.steering.table();
+        if t.beating().load(Ordering::Relaxed) == 0 {
+            t.beating().store(1, Ordering::Release);
+        }
+        if t.flags(self.slot).load(Ordering::Acquire) & FLAG_WARMING != 0 {
+            t.clear_flags(self.slot, FLAG_WARMING);
+        }
     }
 
     /// The owner's load figure (its open connections), which the program compares.

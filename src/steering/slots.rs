@@ -15,6 +15,7 @@
 //!               unlisted: u32  workers the table could not hold      (program reads)
 //!               dirty, built: u32  flag changes made / reflected in the list
 //!               lock: u32 (pid), high: u32 (slots ever used), passed: u32 (program bumps)
+//!               beating: u32  a worker of this group has beaten (new slots warm up)
 //!               lock_at_ms: u64, opened_at_ms: u64
 //! hot[cap]      per slot, 16 bytes, one cache line for four slots:
 //!               flags, arrivals (program bumps), seen (arrivals at the owner's last
@@ -50,8 +51,12 @@ pub const FLAG_STALE: u32 = 4;
 pub const FLAG_OVERLOADED: u32 = 8;
 /// The owner is leaving the group.
 pub const FLAG_RETIRING: u32 = 16;
+/// In the sockarray, but its owner's event loop has not run yet (no heartbeat since the
+/// claim, in a group whose workers beat): connections sent to it would wait for its
+/// start-up, so it is not chosen until its first heartbeat (Steering::claim()).
+pub const FLAG_WARMING: u32 = 32;
 /// The bits the program looks at: eligible when exactly FLAG_MEMBER of them is set.
-pub const FLAGS_ELIGIBILITY: u32 = FLAG_MEMBER | FLAG_STALE | FLAG_OVERLOADED | FLAG_RETIRING;
+pub const FLAGS_ELIGIBILITY: u32 = FLAG_MEMBER | FLAG_STALE | FLAG_OVERLOADED | FLAG_RETIRING | FLAG_WARMING;
 
 pub fn eligible(flags: u32) -> bool {
     flags & FLAGS_ELIGIBILITY == FLAG_MEMBER
@@ -65,6 +70,7 @@ const BUILT: usize = 12;
 const LOCK: usize = 16;
 const HIGH: usize = 20;
 pub(crate) const PASSED: usize = 24;
+const BEATING: usize = 28;
 const LOCK_AT: usize = 32;
 const OPENED_AT: usize = 40;
 /// Where the per-slot hot records start.
@@ -220,6 +226,12 @@ impl Table {
         self.mem.u32_at(PASSED)
     }
 
+    /// Non-zero once a worker of this group has called the heartbeat: from then on a new
+    /// slot waits for its owner's first heartbeat before it is chosen.
+    pub fn beating(&self) -> &AtomicU32 {
+        self.mem.u32_at(BEATING)
+    }
+
     /// One more than the highest slot ever claimed: loops over slots stop there.
     pub fn high(&self) -> usize {
         (self.mem.u32_at(HIGH).load(Ordering::Acquire) as usize).min(self.layout.cap)
@@ -331,7 +343,7 @@ pub fn state_of(flags: u32) -> SlotState {
         SlotState::Stalled
     } else if flags & FLAG_OVERLOADED != 0 {
         SlotState::Overloaded
-    } else if flags & FLAG_MEMBER != 0 {
+    } else if flags & FLAG_MEMBER != 0 && flags & FLAG_WARMING == 0 {
         SlotState::Healthy
     } else {
         SlotState::Joining
@@ -354,10 +366,11 @@ mod tests {
     fn eligibility_needs_membership_and_nothing_else() {
         assert!(eligible(FLAG_CLAIMED | FLAG_MEMBER));
         assert!(!eligible(FLAG_CLAIMED));
-        for bad in [FLAG_STALE, FLAG_OVERLOADED, FLAG_RETIRING] {
+        for bad in [FLAG_STALE, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_WARMING] {
             assert!(!eligible(FLAG_CLAIMED | FLAG_MEMBER | bad));
         }
         assert_eq!(state_of(FLAG_CLAIMED | FLAG_MEMBER | FLAG_STALE | FLAG_RETIRING), SlotState::Retiring);
+        assert_eq!(state_of(FLAG_CLAIMED | FLAG_MEMBER | FLAG_WARMING), SlotState::Joining);
     }
 
     #[test]
@@ -379,7 +392,7 @@ mod tests {
             lock: u32,
             high: u32,
             passed: u32,
-            _pad: u32,
+            beating: u32,
             lock_at: u64,
             opened_at: u64,
             _pad2: [u64; 2],
@@ -395,6 +408,7 @@ mod tests {
         }
         let l = Layout::new(CAP);
         assert_eq!(std::mem::offset_of!(AsStruct, passed), PASSED);
+        assert_eq!(std::mem::offset_of!(AsStruct, beating), BEATING);
         assert_eq!(std::mem::offset_of!(AsStruct, opened_at), OPENED_AT);
         assert_eq!(std::mem::offset_of!(AsStruct, hot), HOT);
         assert_eq!(std::mem::offset_of!(Hot, load), HOT_LOAD);

@@ -88,6 +88,40 @@ fn new_connections_go_to_eligible_slots_only_and_evenly() {
 }
 
 #[test]
+fn a_new_worker_of_a_beating_group_is_chosen_from_its_first_heartbeat_on() {
+    let Some(s) = steering_or_skip("a_new_worker_of_a_beating_group_is_chosen_from_its_first_heartbeat_on") else {
+        return;
+    };
+    let addr = s.addr;
+    let a = member(addr, &s);
+    let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
+    assert_eq!(s.status()[0].state, super::SlotState::Healthy, "the group's first worker: nothing beats yet");
+    ca.beat();
+    // A reload's new worker joins: its loop has not run yet.
+    let b = member(addr, &s);
+    let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
+    assert_eq!(s.status()[1].state, super::SlotState::Joining);
+    assert!(s.sibling_coming(ca.slot, Duration::ZERO), "its siblings count it as coming");
+    let _c = connect(addr, 100);
+    assert_eq!((accept_all(&a), accept_all(&b)), (100, 0), "nothing for a worker whose loop has not run");
+    cb.beat();
+    ca.beat(); // it has seen its 100 (else the load-aware choice evens them out first)
+    assert_eq!(s.status()[1].state, super::SlotState::Healthy);
+    let _c = connect(addr, 200);
+    let (na, nb) = (accept_all(&a), accept_all(&b));
+    assert!(na >= 60 && nb >= 60, "both chosen from its first heartbeat on, got {na}/{nb}");
+    // One that never beats is chosen anyway once the watch has seen it wait WARMING_MAX.
+    let c = member(addr, &s);
+    let cc = s.claim(c.as_fd(), inode(&c), 128).unwrap();
+    s.watch(Duration::from_millis(50));
+    assert_eq!(s.status()[2].state, super::SlotState::Joining);
+    std::thread::sleep(Duration::from_millis(1050));
+    s.watch(Duration::from_millis(50));
+    assert_eq!(s.status()[2].state, super::SlotState::Healthy);
+    drop((ca, cb, cc));
+}
+
+#[test]
 fn a_closing_listener_hands_its_queue_to_an_eligible_sibling() {
     let Some(s) = steering_or_skip("a_closing_listener_hands_its_queue_to_an_eligible_sibling") else { return };
     let addr = s.addr;

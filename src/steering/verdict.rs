@@ -45,6 +45,8 @@ pub struct SlotMemory {
     growth: u32,
     overload_mark: u32,
     missing_since: Option<Instant>,
+    /// Since when the watch has seen the slot warming (claimed, no heartbeat yet).
+    pub(crate) warming_since: Option<Instant>,
 }
 
 impl SlotMemory {

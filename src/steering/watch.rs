@@ -68,13 +68,15 @@ use std::time::{Duration, Instant};
 
 use super::eligible;
 use super::rescue;
-use super::slots::{eligible, Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, OVERFLOW};
+use super::slots::{eligible, Group, FLAG_CLAIMED, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, FLAG_WARMING, OVERFLOW};
 use super::verdict::{judge, tick_for, Decision, Observation, Queue, SlotMemory, OVERLOAD_READINGS};
 use crate::log::{self, Level};
 use crate::sys::{diag, procfs};
 
 /// How long without arrivals before the watch slows down to IDLE_TICK.
 pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// How long a new slot may wait for its owner's first heartbeat before it is chosen anyway.
+const WARMING_MAX: Duration = Duration::from_secs(1);
 /// The tick of an idle group.
 pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The queues are read at least this often (sockets that stopped listening are freed),
@@ -217,6 +219,16 @@ impl WatchState {
             }
             if pid == 0 {
                 continue; // being claimed right now
+            }
+            if flags & FLAG_WARMING != 0 {
+                // A worker whose loop has not beaten since it joined: chosen anyway after
+                // WARMING_MAX, so that one that never beats still gets its share.
+                let since = *st.slots[i].warming_since.get_or_insert(now);
+                if now - since >= WARMING_MAX {
+                    t.clear_flags(i, FLAG_WARMING);
+                    log::emit(Level::Info, &format!("{}: worker {pid} (slot {i}) has not called the heartbeat {} ms after joining; it gets new connections anyway", s.addr, WARMING_MAX.as_millis()));
+                }
+                continue;
             }
             let beats = t.beats(i).load(Ordering::Relaxed);
             let still = beats == st.slots[i].last_beats();
