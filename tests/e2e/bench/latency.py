@@ -30,6 +30,9 @@ SERVERS = ["nginx stock", "nginx patched", "rpserver"]
 # Not in the default list: patched nginx with `reuseport_health_threshold 0` (steered, no
 # health verdicts: the master ticks once a second), to tell what the verdicts cost.
 NOSTEER = "nginx patched-nosteer"
+# Not in the default list either: another patched build (--alt PREFIX, e.g. one linked with
+# the previous library), side by side with the rest, to measure a library change.
+ALT = "nginx patched-alt"
 FIGURES = ("p50", "p99", "p999", "max")
 GOAL = 1.1
 
@@ -37,12 +40,13 @@ GOAL = 1.1
 def add_arguments(p):
     p.add_argument("--stock", default=default("target", "nginx-stock"))
     p.add_argument("--patched", default=default("target", "nginx-patched"))
+    p.add_argument("--alt", help=f"the prefix of another patched build, run as {ALT!r}")
     p.add_argument("--rpserver", default=default("build", "c-examples", "rpserver"))
     p.add_argument("--client", default=default("build", "c-examples", "loadclient"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     p.add_argument("--servers", default=",".join(SERVERS),
-                   help="comma-separated, of: " + ", ".join(SERVERS + [NOSTEER]))
+                   help="comma-separated, of: " + ", ".join(SERVERS + [NOSTEER, ALT]))
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--steady-seconds", type=float, default=10, help="length of nginx's steady run")
     p.add_argument("--storm-seconds", type=float, default=10, help="length of the reload storm")
@@ -54,6 +58,8 @@ def server_args(args, server):
     kind = server.split()[1]
     if server == NOSTEER:
         return ["nginx", "--prefix", args.patched, "--kind", "patched", "--steering", "off"]
+    if server == ALT:
+        return ["nginx", "--prefix", args.alt, "--kind", "patched"]
     return ["nginx", "--prefix", getattr(args, kind), "--kind", kind]
 
 
@@ -75,14 +81,18 @@ def main(args):
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
     for s in servers + scenarios:
-        if s not in SERVERS + [NOSTEER] + SCENARIOS:
+        if s not in SERVERS + [NOSTEER, ALT] + SCENARIOS:
             print(f"unknown server or scenario {s!r}", file=sys.stderr)
+            return 2
+        if s == ALT and not args.alt:
+            print(f"{ALT!r} needs --alt PREFIX (another patched build)", file=sys.stderr)
             return 2
     for s in servers:
         if s == "rpserver":
             binary = args.rpserver
         else:
-            binary = os.path.join(args.patched if s == NOSTEER else getattr(args, s.split()[1]), "sbin", "nginx")
+            prefix = {NOSTEER: args.patched, ALT: args.alt}.get(s) or getattr(args, s.split()[1])
+            binary = os.path.join(prefix, "sbin", "nginx")
         if not os.access(binary, os.X_OK):
             print(f"{binary} not found: run scripts/build.sh and scripts/build-nginx.sh", file=sys.stderr)
             return 2
@@ -148,10 +158,11 @@ def main(args):
                 continue
             print(f"| {scenario} | {server} | {f['runs']} | {f['requests']} | {f['failed']} | "
                   + " | ".join(ms(median(f[k])) for k in FIGURES) + " |")
-    for patched in ("nginx patched", NOSTEER):
+    titles = {"nginx patched": "Patched", NOSTEER: "Patched, threshold 0", ALT: f"Patched-alt ({args.alt})"}
+    for patched in ("nginx patched", NOSTEER, ALT):
         if "nginx stock" not in servers or patched not in servers:
             continue
-        print(f"\n## {'Patched' if patched == 'nginx patched' else 'Patched without steering'} / stock nginx\n")
+        print(f"\n## {titles[patched]} / stock nginx\n")
         print(f"The median over rounds of the per-round ratio; the goal is at most {GOAL} in every scenario.\n")
         print("| scenario | p50 | p99 | p999 | max | goal met |")
         print("|---|---|---|---|---|---|")
