@@ -625,9 +625,13 @@ int reuseport_set_set_health_threshold(struct reuseport_set *set, unsigned int m
 int reuseport_set_set_max_workers(struct reuseport_set *set, unsigned int workers);
 
 /**
- * A worker's sign of life: call it once per event-loop iteration (or timer tick). It is
- * an atomic increment in memory shared with the master, no system call. A worker that
- * never calls it is never judged stalled. Returns 0, or -EINVAL for NULL. Who: workers.
+ * A worker's sign of life: call it once per event-loop iteration (or timer tick), at the
+ * top of the iteration, before the wait for events. It is an atomic increment in memory
+ * shared with the master, no system call. A worker that never calls it is never judged
+ * stalled. Once a worker of a group has called it, a worker joining later (a reload's)
+ * gets new connections from its own first call on, when its loop runs, not from the
+ * moment its socket joins (at most a second later if it never calls it, the master's
+ * watch permitting). Returns 0, or -EINVAL for NULL. Who: workers.
  */
 int reuseport_heartbeat(const struct reuseport_set *set);
 
