@@ -26,7 +26,7 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use super::slots::{eligible, Table, HEAD_HALF};
+use super::slots::{eligible, servable, Table, HEAD_HALF};
 use crate::sys::procfs;
 
 /// A lock older than this is taken over (a rebuild takes microseconds).
@@ -70,15 +70,22 @@ fn try_lock(t: &Table) -> bool {
     won
 }
 
-/// Writes the eligible slots into the other half and makes it current.
+/// Writes the eligible slots into the other half and makes it current. With none, the
+/// warming ones (a reload's new workers about to serve) rather than the kernel's hash over
+/// every member, leaving ones included.
 fn rebuild(t: &Table) {
     let half = (t.head().load(Acquire) & HEAD_HALF != 0) as usize;
     let next = 1 - half;
     let mut n = 0;
-    for slot in 0..t.high() {
-        if eligible(t.flags(slot).load(SeqCst)) {
-            t.list(next, n).store(slot as u32, Relaxed);
-            n += 1;
+    for listed in [eligible as fn(u32) -> bool, servable] {
+        for slot in 0..t.high() {
+            if listed(t.flags(slot).load(SeqCst)) {
+                t.list(next, n).store(slot as u32, Relaxed);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            break;
         }
     }
     let head = if next == 1 { HEAD_HALF } else { 0 } | n as u32;

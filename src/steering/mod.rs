@@ -51,7 +51,7 @@ mod watch;
 mod tests;
 
 pub use slots::{capacity_for, SlotState, SlotStatus, Table};
-use slots::{eligible as is_eligible, state_of, Group, Layout, OVERFLOW};
+use slots::{servable, state_of, Group, Layout, OVERFLOW};
 use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING, FLAG_WARMING};
 
 /// One group's steering context.
@@ -135,9 +135,10 @@ impl Steering {
         claimed_elsewhere || (opened != 0 && procfs::monotonic_ms().saturating_sub(opened) < within.as_millis() as u64)
     }
 
-    /// Whether some slot other than `except` is eligible now.
+    /// Whether some slot other than `except` will serve what it is sent: eligible, or
+    /// warming (listed when nothing else is eligible; its loop is about to run).
     pub fn has_eligible(&self, except: &[usize]) -> bool {
-        (0..self.table.high()).any(|i| !except.contains(&i) && is_eligible(self.table.flags(i).load(Ordering::Acquire)))
+        (0..self.table.high()).any(|i| !except.contains(&i) && servable(self.table.flags(i).load(Ordering::Acquire)))
     }
 
     /// Takes a free slot for `sock` (held by this process as `fd`) and puts the socket

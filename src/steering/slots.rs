@@ -53,12 +53,21 @@ pub const FLAG_OVERLOADED: u32 = 8;
 pub const FLAG_RETIRING: u32 = 16;
 /// In the sockarray, but its owner's event loop has not run yet (no heartbeat since the
 /// claim, in a group whose workers beat): connections sent to it would wait for its
-/// start-up, so it is not chosen until its first heartbeat (Steering::claim()).
+/// start-up, so the eligible list holds it only while no other slot is eligible
+/// (Steering::claim(), eligible.rs). The program does not look at it.
 pub const FLAG_WARMING: u32 = 32;
-/// The bits the program looks at: eligible when exactly FLAG_MEMBER of them is set.
-pub const FLAGS_ELIGIBILITY: u32 = FLAG_MEMBER | FLAG_STALE | FLAG_OVERLOADED | FLAG_RETIRING | FLAG_WARMING;
+/// The bits the program looks at: a listed slot may be selected when exactly FLAG_MEMBER
+/// of them is set.
+pub const FLAGS_ELIGIBILITY: u32 = FLAG_MEMBER | FLAG_STALE | FLAG_OVERLOADED | FLAG_RETIRING;
 
+/// Whether the slot is listed for the program's choice.
 pub fn eligible(flags: u32) -> bool {
+    flags & (FLAGS_ELIGIBILITY | FLAG_WARMING) == FLAG_MEMBER
+}
+
+/// Whether the slot will serve what it is sent: eligible, or warming (its loop about to
+/// run). Listed when nothing is eligible; a leaving sibling may leave the choice for it.
+pub fn servable(flags: u32) -> bool {
     flags & FLAGS_ELIGIBILITY == FLAG_MEMBER
 }
 
@@ -366,7 +375,9 @@ mod tests {
     fn eligibility_needs_membership_and_nothing_else() {
         assert!(eligible(FLAG_CLAIMED | FLAG_MEMBER));
         assert!(!eligible(FLAG_CLAIMED));
-        for bad in [FLAG_STALE, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_WARMING] {
+        assert!(!eligible(FLAG_CLAIMED | FLAG_MEMBER | FLAG_WARMING));
+        assert!(servable(FLAG_CLAIMED | FLAG_MEMBER | FLAG_WARMING));
+        for bad in [FLAG_STALE, FLAG_OVERLOADED, FLAG_RETIRING] {
             assert!(!eligible(FLAG_CLAIMED | FLAG_MEMBER | bad));
         }
         assert_eq!(state_of(FLAG_CLAIMED | FLAG_MEMBER | FLAG_STALE | FLAG_RETIRING), SlotState::Retiring);

@@ -104,6 +104,13 @@ fn a_new_worker_of_a_beating_group_is_chosen_from_its_first_heartbeat_on() {
     assert!(s.sibling_coming(ca.slot, Duration::ZERO), "its siblings count it as coming");
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b)), (100, 0), "nothing for a worker whose loop has not run");
+    assert!(s.has_eligible(&[ca.slot]), "a leaving sibling may leave the choice for it");
+    // ...and with nothing else eligible it is the one chosen: not the kernel's hash, which
+    // would also pick the leaving socket.
+    ca.mark_retiring();
+    let _c = connect(addr, 100);
+    assert_eq!((accept_all(&a), accept_all(&b)), (0, 100), "the warming worker, rather than a leaving one");
+    s.table().clear_flags(ca.slot, super::slots::FLAG_RETIRING);
     cb.beat();
     ca.beat(); // it has seen its 100 (else the load-aware choice evens them out first)
     assert_eq!(s.status()[1].state, super::SlotState::Healthy);
