@@ -14,8 +14,11 @@ pub const DEFAULT_THRESHOLD: Duration = Duration::from_millis(50);
 /// Growing at this many consecutive queue readings (two thresholds apart under traffic:
 /// eight thresholds) makes a worker overloaded...
 pub(crate) const OVERLOAD_READINGS: u32 = 4;
-/// ...if at least this many connections wait.
+/// ...if at least this many connections wait...
 const OVERLOAD_MIN: u32 = 16;
+/// ...and at least this many times the group's typical queue (the lower median of its
+/// eligible slots' at the same reading).
+const OVERLOAD_FACTOR: u32 = 2;
 /// With verdicts off (threshold 0), how long a slot's socket may be missing from the
 /// listeners before its slot is freed (the watch then reads the queues once a second).
 pub(crate) const MISSING_GRACE_UNJUDGED: Duration = Duration::from_secs(1);
@@ -74,6 +77,8 @@ pub struct Observation {
     /// neither marked stalled nor overloaded (on a loaded host, a healthy worker starved
     /// of CPU for the threshold looks stalled); the verdict comes once a sibling is back.
     pub alone: bool,
+    /// The lower median queue of the group's eligible slots at this reading (0 when unread).
+    pub typical_queue: u32,
 }
 
 /// A slot's accept queue as one tick saw it.
@@ -126,6 +131,12 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         d.clear = flags & (FLAG_STALE | FLAG_OVERLOADED);
         return d;
     }
+    if flags & FLAG_OVERLOADED != 0 && queue <= m.overload_mark / 2 {
+        // Caught up, whether or not it beats: once it gets nothing new, an idle worker
+        // waits in epoll and does not beat.
+        d.clear |= FLAG_OVERLOADED;
+        m.growth = 0;
+    }
     if advanced {
         m.pending_since = None;
         if flags & FLAG_STALE != 0 {
@@ -137,12 +148,12 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         } else if queue < last_queue {
             m.growth = 0;
         }
-        if flags & FLAG_OVERLOADED == 0 && m.growth >= OVERLOAD_READINGS && queue >= OVERLOAD_MIN && !obs.alone {
+        // Behind its siblings, not merely busy: on a host where every queue grows (all
+        // workers saturated) steering around one helps nothing.
+        let behind = queue >= OVERLOAD_MIN && queue >= OVERLOAD_FACTOR * obs.typical_queue;
+        if flags & FLAG_OVERLOADED == 0 && m.growth >= OVERLOAD_READINGS && behind && !obs.alone {
             d.set |= FLAG_OVERLOADED;
             m.overload_mark = queue;
-        } else if flags & FLAG_OVERLOADED != 0 && queue <= m.overload_mark / 2 {
-            d.clear |= FLAG_OVERLOADED;
-            m.growth = 0;
         }
         return d;
     }
@@ -234,11 +245,11 @@ mod tests {
     const T: Duration = Duration::from_millis(100);
 
     fn obs(beats: u64, queue: u32) -> Observation {
-        Observation { beats, queue: Queue::Len(queue), unseen: false, alone: false }
+        Observation { beats, queue: Queue::Len(queue), unseen: false, alone: false, typical_queue: 0 }
     }
 
     fn unseen(beats: u64, queue: Queue) -> Observation {
-        Observation { beats, queue, unseen: true, alone: false }
+        Observation { beats, queue, unseen: true, alone: false, typical_queue: 0 }
     }
 
     #[test]
@@ -309,6 +320,30 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_growing_with_its_siblings_is_not_overload_and_an_idle_overloaded_worker_recovers() {
+        let t0 = Instant::now();
+        let at = |k: u64| t0 + Duration::from_millis(50 * k);
+        // Every queue of the group grows alike (a saturated host): not behind anyone.
+        let mut m = SlotMemory::default();
+        for k in 0..8u64 {
+            let o = Observation { typical_queue: 20 + 5 * k as u32, ..obs(10 + k, 20 + 5 * k as u32) };
+            assert_eq!(judge(&mut m, LIVE, o, at(k), T).set, 0, "reading {k}");
+        }
+        // Behind: overloaded; then it gets nothing new, stops beating (idle in its event
+        // loop) and its queue drains: back without a heartbeat.
+        let mut m = SlotMemory::default();
+        let mut flags = LIVE;
+        for k in 0..=OVERLOAD_READINGS as u64 {
+            let o = Observation { typical_queue: 2, ..obs(10 + k, 10 + 4 * k as u32) };
+            flags |= judge(&mut m, flags, o, at(k), T).set;
+        }
+        assert_ne!(flags & FLAG_OVERLOADED, 0);
+        let still = 10 + OVERLOAD_READINGS as u64;
+        let d = judge(&mut m, flags, obs(still, 0), at(20), T);
+        assert_eq!(d.clear, FLAG_OVERLOADED, "caught up, though its heartbeat stands still");
+    }
+
+    #[test]
     fn a_worker_without_heartbeats_is_never_judged() {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
@@ -322,7 +357,7 @@ mod tests {
     fn without_the_queue_only_a_moving_heartbeat_counts() {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
-        let unread = |beats| Observation { beats, queue: Queue::Unread, unseen: false, alone: false };
+        let unread = |beats| Observation { beats, queue: Queue::Unread, unseen: false, alone: false, typical_queue: 0 };
         judge(&mut m, LIVE, obs(5, 4), t0, T);
         assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread(5), t0 + T, T), Decision::default());
         let d = judge(&mut m, LIVE | FLAG_STALE, unread(6), t0 + T, T);
@@ -335,7 +370,7 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         assert_eq!(judge(&mut m, LIVE | FLAG_RETIRING, obs(1, 100), t0, T), Decision::default());
-        let gone = Observation { beats: 1, queue: Queue::Missing, unseen: false, alone: false };
+        let gone = Observation { beats: 1, queue: Queue::Missing, unseen: false, alone: false, typical_queue: 0 };
         assert!(!judge(&mut m, LIVE, gone, t0, T).free);
         assert!(judge(&mut m, LIVE, gone, t0 + T, T).free);
     }
@@ -388,7 +423,8 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let alone = |queue| Observation { beats: 5, queue: Queue::Len(queue), unseen: true, alone: true };
+        let alone =
+            |queue| Observation { beats: 5, queue: Queue::Len(queue), unseen: true, alone: true, typical_queue: 0 };
         judge(&mut m, LIVE, obs(5, 0), at(0), T);
         for ms in [25, 100, 200, 300] {
             let d = judge(&mut m, LIVE, alone(9), at(ms), T);

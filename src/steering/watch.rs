@@ -13,7 +13,9 @@
 //!   (emptied by the rescue) would make it look idle and it would be chosen again.
 //! - *overloaded*: its heartbeat moves but its queue grew at OVERLOAD_READINGS readings in
 //!   a row (under traffic the queues are read every eighth tick: eight thresholds, 400 ms
-//!   at the default) and holds at least 16; it is back when the queue has shrunk to half.
+//!   at the default) and holds at least 16 and twice the group's typical queue (on a host
+//!   where every worker's queue grows, steering around one helps nothing); it is back when
+//!   the queue has shrunk to half, whether or not it beats (an idle worker does not).
 //!   The load-aware choice (program.rs) reacts per connection; this verdict is the slower
 //!   backstop for a worker that keeps falling behind.
 //! - A worker that never called reuseport_heartbeat() is not judged (a server that does not
@@ -207,6 +209,7 @@ impl WatchState {
             st.slots.resize(high, SlotMemory::default());
         }
         let mut eligible_now = (0..high).filter(|&j| eligible(t.flags(j).load(Ordering::Acquire))).count();
+        let typical_queue = listeners.map_or(0, |l| typical_queue(t, high, l));
         for i in 0..high {
             let flags = t.flags(i).load(Ordering::Acquire);
             if flags & FLAG_CLAIMED == 0 {
@@ -254,7 +257,13 @@ impl WatchState {
             };
             let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
             let alone = eligible_now <= usize::from(eligible(flags));
-            let d = judge(&mut st.slots[i], flags, Observation { beats, queue, unseen, alone }, now, threshold);
+            let d = judge(
+                &mut st.slots[i],
+                flags,
+                Observation { beats, queue, unseen, alone, typical_queue },
+                now,
+                threshold,
+            );
             if d.free {
                 if t.replace_flags(i, flags, 0) {
                     log::emit(
@@ -286,6 +295,21 @@ impl WatchState {
             }
         }
     }
+}
+
+/// The (lower) median accept queue of the group's eligible slots at this reading: what the
+/// overload rule compares a growing queue with.
+fn typical_queue(t: &super::slots::Table, high: usize, listeners: &HashMap<u64, diag::Listener>) -> u32 {
+    let mut queues: Vec<u32> = (0..high)
+        .filter(|&i| eligible(t.flags(i).load(Ordering::Acquire)))
+        .filter_map(|i| listeners.get(&t.inode(i).load(Ordering::Relaxed)).map(|l| l.queue))
+        .collect();
+    if queues.is_empty() {
+        return 0;
+    }
+    // The lower median: with two workers, the other one's.
+    let mid = (queues.len() - 1) / 2;
+    *queues.select_nth_unstable(mid).1
 }
 
 /// Workers the table could not hold that died without saying so: forgotten, so the
