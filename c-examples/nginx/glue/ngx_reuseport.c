@@ -24,6 +24,8 @@ static void ngx_reuseport_set_fds(ngx_cycle_t *cycle);
 static void ngx_reuseport_watch_signal(int signo);
 static void ngx_reuseport_arm(ngx_cycle_t *cycle, int ms);
 static void ngx_reuseport_retire_handler(ngx_event_t *ev);
+static void ngx_reuseport_keep_accepting(ngx_cycle_t *cycle);
+static void ngx_reuseport_stop_accepting(ngx_cycle_t *cycle, ngx_int_t rc);
 
 
 #define NGX_REUSEPORT_QUIT_TICK  250
@@ -34,6 +36,13 @@ sig_atomic_t  ngx_reuseport_watch_due;
 static timer_t      ngx_reuseport_timer;
 static ngx_event_t  ngx_reuseport_retire_ev;
 static int          ngx_reuseport_timer_ms = -1;
+
+/*
+ * a leaving worker's listening sockets, by the library's listener index:
+ * nginx accepts on them until the retire closes them
+ */
+static ngx_listening_t  **ngx_reuseport_accepting;
+static ngx_uint_t         ngx_reuseport_naccepting;
 
 
 /*
@@ -342,14 +351,21 @@ ngx_reuseport_close(ngx_cycle_t *cycle)
          * finishes its requests, and the worker exits only once it is done
          */
 
+        ngx_reuseport_keep_accepting(cycle);
+
         ngx_reuseport_retire_ev.handler = ngx_reuseport_retire_handler;
         ngx_reuseport_retire_ev.data = cycle;
         ngx_reuseport_retire_ev.log = cycle->log;
 
         ngx_reuseport_retire_handler(&ngx_reuseport_retire_ev);
 
-    } else if (role == REUSEPORT_ROLE_MASTER_OPEN) {
-        (void) reuseport_master_release(cycle->reuseport);
+    } else {
+        ngx_reuseport_keep_accepting(cycle);
+        ngx_reuseport_stop_accepting(cycle, -1);
+
+        if (role == REUSEPORT_ROLE_MASTER_OPEN) {
+            (void) reuseport_master_release(cycle->reuseport);
+        }
     }
 
     ngx_reuseport_set_fds(cycle);
@@ -366,6 +382,8 @@ ngx_reuseport_retire_handler(ngx_event_t *ev)
 
     rc = reuseport_retire(cycle->reuseport, NULL, NULL);
 
+    ngx_reuseport_stop_accepting(cycle, rc);
+
     if (rc > 0) {
         /* not cancelable: the worker waits for it before it exits */
         ngx_add_timer(ev, (ngx_msec_t) rc);
@@ -378,6 +396,80 @@ ngx_reuseport_retire_handler(ngx_event_t *ev)
                       "queued connections may be reset: run the master "
                       "as root or set net.ipv4.tcp_migrate_req=1");
         (void) reuseport_master_release(cycle->reuseport);
+    }
+}
+
+
+/*
+ * ngx_close_listening_sockets() leaves the accept events of the library's
+ * listeners in place: what is queued on a leaving worker's socket, and what
+ * the program sent it just before it left the choice, is served by this
+ * worker instead of waiting for the close and moving to another
+ */
+
+static void
+ngx_reuseport_keep_accepting(ngx_cycle_t *cycle)
+{
+    ngx_uint_t        i, n;
+    ngx_listening_t  *ls;
+
+    ls = cycle->listening.elts;
+
+    for (i = 0, n = 0; i < cycle->listening.nelts; i++) {
+        if (ngx_reuseport_managed(&ls[i]) && !ls[i].ignore) {
+            n++;
+        }
+    }
+
+    ngx_reuseport_naccepting = 0;
+    ngx_reuseport_accepting = ngx_pcalloc(cycle->pool,
+                                          (n ? n : 1) * sizeof(ngx_listening_t *));
+    if (ngx_reuseport_accepting == NULL) {
+        return;
+    }
+
+    for (i = 0; i < cycle->listening.nelts; i++) {
+        if (ngx_reuseport_managed(&ls[i]) && !ls[i].ignore) {
+            ngx_reuseport_accepting[ngx_reuseport_naccepting++] = &ls[i];
+        }
+    }
+}
+
+
+/*
+ * after a retire step: the accept events of the listeners the library has
+ * closed go (the kernel dropped the closed sockets from epoll: no delete);
+ * rc < 0 (the retire failed, the sockets are about to be closed) and rc == 0
+ * (all closed) end them all
+ */
+
+static void
+ngx_reuseport_stop_accepting(ngx_cycle_t *cycle, ngx_int_t rc)
+{
+    ngx_uint_t         k;
+    ngx_listening_t   *ls;
+    ngx_connection_t  *c;
+
+    for (k = 0; k < ngx_reuseport_naccepting; k++) {
+        ls = ngx_reuseport_accepting[k];
+        c = ls->connection;
+
+        if (c == NULL) {
+            continue;
+        }
+
+        if (rc > 0 && reuseport_listener_get_fd(cycle->reuseport, k) >= 0) {
+            continue;
+        }
+
+        if (rc < 0 && c->read->active) {
+            ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        ngx_free_connection(c);
+
+        c->fd = (ngx_socket_t) -1;
+        ls->connection = NULL;
     }
 }
 
