@@ -143,6 +143,18 @@ def judge(name, srv, ctx, args, record):
           + (f" and the stopped one had accepted {ctx.figures['accepted_at_stop']}" if ctx.figures else ""))
 
 
+def tcp_ext(names):
+    """{name: value} of the network namespace's TcpExt counters (/proc/net/netstat): each run
+    has a namespace of its own, so they count from its start."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for head, values in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            table = dict(zip(head.split()[1:], map(int, values.split()[1:])))
+            return {n: table.get(n, 0) for n in names}
+    return {n: 0 for n in names}
+
+
 def run(args, sc, srv, ctx, name):
     master = sc.run(srv, ctx)
     if master is not None:
@@ -165,6 +177,12 @@ def run(args, sc, srv, ctx, name):
         if ctx.figures:
             print(f"{name}: {verdict.describe_stall(ctx.figures)}")
         record.update(in_flight_at_death=dead, in_flight_slack=slack, **r, **ctx.figures, **ctx.measured)
+        # Connections a closing listener handed to a sibling (queued or half-open): what
+        # leaving workers did not serve themselves.
+        k = tcp_ext(["TCPMigrateReqSuccess", "TCPMigrateReqFailure"])
+        record.update(migrated=k["TCPMigrateReqSuccess"], migrate_failed=k["TCPMigrateReqFailure"])
+        print(f"{name}: the kernel migrated {record['migrated']} connection(s) from closing listeners "
+              f"({record['migrate_failed']} failed)")
     else:
         print(f"{name}: every check passed (no load)")
         record["checks_passed"] = True

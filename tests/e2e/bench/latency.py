@@ -118,7 +118,7 @@ def main(args):
                 runs += 1
                 lat = (record or {}).get("latency_ms")
                 f = figures.setdefault((scenario, server), {k: [] for k in FIGURES} | {"requests": 0, "failed": 0,
-                                                                                        "runs": 0})
+                                                                                        "runs": 0, "migrated": 0})
                 if rc != 0 or not lat:
                     failures.append((f"round {rnd + 1}: {scenario} {server}", rc, "\n".join(out.splitlines()[-12:])))
                     for k in FIGURES:
@@ -128,6 +128,7 @@ def main(args):
                 f["runs"] += 1
                 f["requests"] += record["requests"]
                 f["failed"] += failed_of(record)
+                f["migrated"] += record.get("migrated", 0)
                 for k in FIGURES:
                     f[k].append(lat[k])
                 print(f"  {scenario} {server}: {took:.1f} s, {record['requests']} requests, "
@@ -149,14 +150,16 @@ def main(args):
           f"the load client at saturation, {args.concurrency} connections in flight, a new connection per request; "
           f"net.ipv4.tcp_migrate_req=0; {runs} runs in {elapsed / 60:.1f} min.\n")
     print("Latency in ms, the median over rounds of each run's figure.\n")
-    print("| scenario | server | runs | requests | failed | p50 | p99 | p999 | max |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("`migrated`: connections the kernel moved from closing listeners to a sibling (what")
+    print("leaving workers did not serve themselves), summed over the runs.\n")
+    print("| scenario | server | runs | requests | failed | migrated | p50 | p99 | p999 | max |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for scenario in scenarios:
         for server in servers:
             f = figures.get((scenario, server))
             if not f:
                 continue
-            print(f"| {scenario} | {server} | {f['runs']} | {f['requests']} | {f['failed']} | "
+            print(f"| {scenario} | {server} | {f['runs']} | {f['requests']} | {f['failed']} | {f['migrated']} | "
                   + " | ".join(ms(median(f[k])) for k in FIGURES) + " |")
     titles = {"nginx patched": "Patched", NOSTEER: "Patched, threshold 0", ALT: f"Patched-alt ({args.alt})"}
     for patched in ("nginx patched", NOSTEER, ALT):
