@@ -28,9 +28,7 @@ pub(crate) const AND: u8 = 0x50;
 pub(crate) const LSH: u8 = 0x60;
 pub(crate) const RSH: u8 = 0x70;
 pub(crate) const MOD: u8 = 0x90;
-pub(crate) const XOR: u8 = 0xa0;
 pub(crate) const MOV: u8 = 0xb0;
-pub(crate) const ARSH: u8 = 0xc0;
 
 // Jumps.
 pub(crate) const JA: u8 = 0x00;
@@ -59,7 +57,7 @@ pub(crate) const R9: Reg = 9;
 pub(crate) const FP: Reg = 10;
 
 #[derive(Clone, Copy)]
-pub(crate) struct Label(pub(crate) usize);
+pub(crate) struct Label(usize);
 
 #[derive(Default)]
 pub(crate) struct Asm {

@@ -128,8 +128,6 @@ fn alu(op: u8, a: u64, b: u64) -> u64 {
         AND => a & b,
         LSH => a << (b & 63),
         RSH => a >> (b & 63),
-        ARSH => ((a as i64) >> (b & 63)) as u64,
-        XOR => a ^ b,
         MOD => a.checked_rem(b).unwrap_or(a), // eBPF: x mod 0 = x
         MOV => b,
         _ => panic!("alu64 op {op:#x}"),
@@ -144,8 +142,6 @@ fn alu32(op: u8, a: u32, b: u32) -> u64 {
         AND => a & b,
         LSH => a << (b & 31),
         RSH => a >> (b & 31),
-        ARSH => ((a as i32) >> (b & 31)) as u32,
-        XOR => a ^ b,
         MOD => a.checked_rem(b).unwrap_or(a),
         MOV => b,
         _ => panic!("alu32 op {op:#x}"),

@@ -25,7 +25,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::asm::*;
 use super::slots::{
-    Layout, FLAGS, FLAGS_ELIGIBILITY, FLAG_MEMBER, HEAD, HEAD_HALF, OWNER_LOAD, OWNER_SEEN, PASSED, UNLISTED,
+    Layout, FLAGS_ELIGIBILITY, FLAG_MEMBER, HEAD, HEAD_HALF, HOT, HOT_ARRIVALS, HOT_FLAGS, HOT_LOAD, HOT_SEEN, PASSED,
+    UNLISTED,
 };
 use crate::sys::bpf::{self, Insn, SK_PASS};
 
@@ -47,6 +48,10 @@ const B: Reg = R9;
 const KEY_TABLE: i16 = -4;
 const KEY_A: i16 = -8;
 const KEY_B: i16 = -12;
+
+const fn hot(field: usize) -> i16 {
+    (HOT + field) as i16
+}
 
 /// The program for a table of this layout. `cap` is part of the code (the bounds the
 /// verifier needs), so a program and its table are made together.
@@ -80,21 +85,15 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     a.alu64(ADD, B, R1);
     a.alu64_imm(ADD, B, layout.list as i32);
 
-    let exp = std::env::var("RP_EXP").unwrap_or_default();
     // k1 = hash mod n; k2 = the entry after it (the first after the last): neighbours in
     // the list, so both candidates' entries and, as the list is in slot order, mostly
-    // both candidates' words share a cache line. Random pairs cost a cache miss each at
-    // every connection (measured: about 500 ns per connection with 1,024 workers, where
-    // the caches are cold from the context switches).
+    // both hot records share a cache line. Random pairs cost a cache miss each at every
+    // connection (measured: about 500 ns per connection with 1,024 workers, where the
+    // caches are cold from the context switches).
     let (k1, k2, have_k2) = (R3, R4, a.label());
     a.load_u32(R2, CTX, CTX_HASH);
     a.alu32(MOV, k1, R2);
-    if exp.contains('m') {
-        a.alu64(MUL, k1, A);
-        a.alu64_imm(RSH, k1, 32);
-    } else {
-        a.alu32(MOD, k1, A);
-    }
+    a.alu32(MOD, k1, A);
     a.jump_imm(JGE, k1, cap, pass);
     a.alu64(MOV, k2, k1);
     a.alu64_imm(ADD, k2, 1);
@@ -113,59 +112,34 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     }
     a.store_u32(FP, KEY_A, k1);
     a.store_u32(FP, KEY_B, k2);
-    // A and B: the table plus 4 x slot, from which each array's word of the slot is at
-    // the array's offset (its owner record at twice that).
     for (k, rec) in [(k1, A), (k2, B)] {
-        a.alu64_imm(LSH, k, 2);
+        a.alu64_imm(LSH, k, 4);
         a.alu64(MOV, rec, TABLE);
         a.alu64(ADD, rec, k);
     }
 
     let (bump_a, a_out) = (a.label(), a.label());
     let not_eligible = |a: &mut Asm, rec: Reg, to: Label| {
-        a.load_u32(R1, rec, FLAGS as i16);
+        a.load_u32(R1, rec, hot(HOT_FLAGS));
         a.alu64_imm(AND, R1, FLAGS_ELIGIBILITY as i32);
         a.jump_imm(JNE, R1, FLAG_MEMBER as i32, to);
     };
-    let skip = exp.contains('h');
-    let (twice, bad) = (exp.contains('e'), exp.contains('d'));
     let select = |a: &mut Asm, key: i16, on_success: Label| {
-        if skip {
-            a.goto(on_success);
-            return;
-        }
-        if twice {
-            a.alu64(MOV, R1, CTX);
-            a.load_map(R2, sockarray);
-            a.alu64(MOV, R3, FP);
-            a.alu64_imm(ADD, R3, key.into());
-            a.alu64_imm(MOV, R4, 0);
-            a.call(HELPER_SK_SELECT_REUSEPORT);
-        }
-        if bad {
-            a.store_u32_imm(FP, -16, 0x7fff_ffff);
-        }
         a.alu64(MOV, R1, CTX);
         a.load_map(R2, sockarray);
         a.alu64(MOV, R3, FP);
-        a.alu64_imm(ADD, R3, if bad { -16 } else { key.into() });
+        a.alu64_imm(ADD, R3, key.into());
         a.alu64_imm(MOV, R4, 0);
         a.call(HELPER_SK_SELECT_REUSEPORT);
         a.jump_imm(JEQ, R0, 0, on_success);
     };
-    // score = load + arrivals - seen, in 32 bits; k is 4 x slot.
-    let (owner, arrivals) = (layout.owner as i32, layout.arrivals as i32);
-    let score = |a: &mut Asm, dst: Reg, rec: Reg, k: Reg| {
-        a.alu64(MOV, R5, rec);
-        a.alu64(ADD, R5, k);
-        a.alu64_imm(ADD, R5, owner);
-        a.load_u32(dst, R5, OWNER_LOAD as i16);
-        a.load_u32(R0, R5, OWNER_SEEN as i16);
-        a.alu32(SUB, dst, R0);
-        a.alu64(MOV, R5, rec);
-        a.alu64_imm(ADD, R5, arrivals);
-        a.load_u32(R0, R5, 0);
-        a.alu32(ADD, dst, R0);
+    // score = load + arrivals - seen, in 32 bits.
+    let score = |a: &mut Asm, dst: Reg, rec: Reg| {
+        a.load_u32(dst, rec, hot(HOT_LOAD));
+        a.load_u32(R5, rec, hot(HOT_ARRIVALS));
+        a.alu32(ADD, dst, R5);
+        a.load_u32(R5, rec, hot(HOT_SEEN));
+        a.alu32(SUB, dst, R5);
     };
 
     // Of two eligible candidates the lower score; each has its own call site and key.
@@ -175,27 +149,9 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     let (sel_a, sel_b, bump_b) = (a.label(), a.label(), a.label());
     not_eligible(&mut a, A, a_out);
     not_eligible(&mut a, B, sel_a);
-    score(&mut a, R1, A, k1);
-    score(&mut a, R2, B, k2);
-    if exp.contains('b') {
-        // Branchless: mask = all ones when B's score is lower; then k1 = the chosen 4 x slot.
-        a.alu64(SUB, R2, R1);
-        a.alu64_imm(ARSH, R2, 63);
-        a.alu64(MOV, R0, k1);
-        a.alu64(XOR, R0, k2);
-        a.alu64(AND, R0, R2);
-        a.alu64(XOR, k1, R0);
-        a.jump_imm(JGE, k1, 4 * cap, pass);
-        a.alu64(MOV, A, TABLE);
-        a.alu64(ADD, A, k1);
-        a.alu64_imm(RSH, k1, 2);
-        a.store_u32(FP, KEY_A, k1);
-        a.goto(sel_a);
-    } else if exp.contains('f') {
-        a.goto(sel_a);
-    } else {
-        a.jump32(JGE, R2, R1, sel_a);
-    }
+    score(&mut a, R1, A);
+    score(&mut a, R2, B);
+    a.jump32(JGE, R2, R1, sel_a);
     a.bind(sel_b);
     select(&mut a, KEY_B, bump_b);
     a.goto(pass);
@@ -206,17 +162,12 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     not_eligible(&mut a, B, pass);
     a.goto(sel_b);
 
-    for (label, rec, off) in [(bump_a, A, arrivals), (bump_b, B, arrivals), (pass, TABLE, PASSED as i32)] {
+    for (label, rec, off) in
+        [(bump_a, A, hot(HOT_ARRIVALS)), (bump_b, B, hot(HOT_ARRIVALS)), (pass, TABLE, PASSED as i16)]
+    {
         a.bind(label);
-        a.alu64_imm(ADD, rec, off);
-        if exp.contains('n') && label.0 != pass.0 {
-            a.load_u32(R1, rec, 0);
-            a.alu64_imm(ADD, R1, 1);
-            a.store_u32(rec, 0, R1);
-        } else {
-            a.alu64_imm(MOV, R1, 1);
-            a.atomic_add_u32(rec, 0, R1);
-        }
+        a.alu64_imm(MOV, R1, 1);
+        a.atomic_add_u32(rec, off, R1);
         a.goto(out);
     }
 

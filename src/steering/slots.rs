@@ -16,21 +16,13 @@
 //!               dirty, built: u32  flag changes made / reflected in the list
 //!               lock: u32 (pid), high: u32 (slots ever used), passed: u32 (program bumps)
 //!               lock_at_ms: u64, opened_at_ms: u64
-//! flags[cap]: u32     read-mostly (flag changes are rare)          (program reads)
-//! arrivals[cap]: u32  connections sent to the slot                 (program bumps)
-//! owner[cap]          per slot, 8 bytes: seen (arrivals at the owner's last heartbeat),
-//!                     load (the owner's published figure)          (owner writes, program reads)
+//! hot[cap]      per slot, 16 bytes, one cache line for four slots:
+//!               flags, arrivals (program bumps), seen (arrivals at the owner's last
+//!               heartbeat), load (the owner's published figure)
 //! list[2][cap]  the two halves of the eligible list (eligible.rs)
 //! beats[cap] inode[cap]: u64;  pid[cap] fd[cap] backlog[cap] queue[cap]: u32
 //! overflow[64]  pids of workers the table could not hold
 //! ```
-//!
-//! Who writes what decides the layout: the program runs for every new connection, on
-//! whichever CPU the connection's packets are processed, and every word it reads that
-//! another CPU wrote since is a cache miss on its path. So the words of each writer have
-//! their own array: the flags (written only when a slot's state changes) do not share a
-//! cache line with the arrival counters the program bumps, nor these with the words the
-//! workers write at their heartbeats.
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
@@ -75,12 +67,14 @@ const HIGH: usize = 20;
 pub(crate) const PASSED: usize = 24;
 const LOCK_AT: usize = 32;
 const OPENED_AT: usize = 40;
-/// Where the flags array starts (the arrays after it depend on the capacity: Layout).
-pub(crate) const FLAGS: usize = 64;
-/// Size of an owner record, and the offsets in it.
-pub(crate) const OWNER_SIZE: usize = 8;
-pub(crate) const OWNER_SEEN: usize = 0;
-pub(crate) const OWNER_LOAD: usize = 4;
+/// Where the per-slot hot records start.
+pub(crate) const HOT: usize = 64;
+/// Size of a hot record, and the offsets in it.
+pub(crate) const HOT_SIZE: usize = 16;
+pub(crate) const HOT_FLAGS: usize = 0;
+pub(crate) const HOT_ARRIVALS: usize = 4;
+pub(crate) const HOT_SEEN: usize = 8;
+pub(crate) const HOT_LOAD: usize = 12;
 /// The head's bit that says which half of the list is current.
 pub(crate) const HEAD_HALF: u32 = 1 << 31;
 
@@ -88,8 +82,6 @@ pub(crate) const HEAD_HALF: u32 = 1 << 31;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
     pub cap: usize,
-    pub arrivals: usize,
-    pub owner: usize,
     pub list: usize,
     beats: usize,
     inode: usize,
@@ -105,9 +97,7 @@ pub(crate) struct Layout {
 impl Layout {
     pub(crate) fn new(cap: usize) -> Layout {
         assert!((1..=MAX_CAPACITY).contains(&cap), "capacity {cap}");
-        let arrivals = FLAGS + 4 * cap;
-        let owner = arrivals + 4 * cap;
-        let list = owner + OWNER_SIZE * cap;
+        let list = HOT + HOT_SIZE * cap;
         let beats = list + 2 * 4 * cap;
         let inode = beats + 8 * cap;
         let pid = inode + 8 * cap;
@@ -116,7 +106,7 @@ impl Layout {
         let queue = backlog + 4 * cap;
         let overflow = queue + 4 * cap;
         let size = (overflow + 4 * OVERFLOW).next_multiple_of(8);
-        Layout { cap, arrivals, owner, list, beats, inode, pid, fd, backlog, queue, overflow, size }
+        Layout { cap, list, beats, inode, pid, fd, backlog, queue, overflow, size }
     }
 }
 
@@ -158,30 +148,30 @@ impl Table {
         self.mem.u32_at(offset)
     }
 
-    fn owner(&self, slot: usize, field: usize) -> &AtomicU32 {
-        self.mem.u32_at(self.layout.owner + OWNER_SIZE * self.check(slot) + field)
+    fn hot(&self, slot: usize, field: usize) -> &AtomicU32 {
+        self.mem.u32_at(HOT + HOT_SIZE * self.check(slot) + field)
     }
 
     /// The slot's flags. Read them freely; change them only through the methods below,
     /// which keep the eligible list in step.
     pub fn flags(&self, slot: usize) -> &AtomicU32 {
-        self.mem.u32_at(FLAGS + 4 * self.check(slot))
+        self.hot(slot, HOT_FLAGS)
     }
 
     /// Connections the program has sent to the slot (wraps).
     pub fn arrivals(&self, slot: usize) -> &AtomicU32 {
-        self.mem.u32_at(self.layout.arrivals + 4 * self.check(slot))
+        self.hot(slot, HOT_ARRIVALS)
     }
 
     /// The slot's arrivals at its owner's last heartbeat: arrivals - seen is what was
     /// sent to it since, which the program counts as load.
     pub fn seen(&self, slot: usize) -> &AtomicU32 {
-        self.owner(slot, OWNER_SEEN)
+        self.hot(slot, HOT_SEEN)
     }
 
     /// The load figure its owner publishes (open connections; 0 when it says nothing).
     pub fn load(&self, slot: usize) -> &AtomicU32 {
-        self.owner(slot, OWNER_LOAD)
+        self.hot(slot, HOT_LOAD)
     }
 
     /// Heartbeats of the slot's owner so far.
@@ -374,7 +364,9 @@ mod tests {
     fn the_layout_is_the_repr_c_layout_the_program_was_written_for() {
         const CAP: usize = 64;
         #[repr(C)]
-        struct Owner {
+        struct Hot {
+            flags: u32,
+            arrivals: u32,
             seen: u32,
             load: u32,
         }
@@ -391,9 +383,7 @@ mod tests {
             lock_at: u64,
             opened_at: u64,
             _pad2: [u64; 2],
-            flags: [u32; CAP],
-            arrivals: [u32; CAP],
-            owner: [Owner; CAP],
+            hot: [Hot; CAP],
             list: [[u32; CAP]; 2],
             beats: [u64; CAP],
             inode: [u64; CAP],
@@ -406,11 +396,8 @@ mod tests {
         let l = Layout::new(CAP);
         assert_eq!(std::mem::offset_of!(AsStruct, passed), PASSED);
         assert_eq!(std::mem::offset_of!(AsStruct, opened_at), OPENED_AT);
-        assert_eq!(std::mem::offset_of!(AsStruct, flags), FLAGS);
-        assert_eq!(std::mem::offset_of!(AsStruct, arrivals), l.arrivals);
-        assert_eq!(std::mem::offset_of!(AsStruct, owner), l.owner);
-        assert_eq!(std::mem::offset_of!(Owner, seen), OWNER_SEEN);
-        assert_eq!(std::mem::offset_of!(Owner, load), OWNER_LOAD);
+        assert_eq!(std::mem::offset_of!(AsStruct, hot), HOT);
+        assert_eq!(std::mem::offset_of!(Hot, load), HOT_LOAD);
         assert_eq!(std::mem::offset_of!(AsStruct, list), l.list);
         assert_eq!(std::mem::offset_of!(AsStruct, beats), l.beats);
         assert_eq!(std::mem::offset_of!(AsStruct, queue), l.queue);
