@@ -631,7 +631,8 @@ int reuseport_set_set_max_workers(struct reuseport_set *set, unsigned int worker
  * stalled. Once a worker of a group has called it, a worker joining later (a reload's)
  * gets new connections from its own first call on, when its loop runs, not from the
  * moment its socket joins, unless no other worker of the group can take them (at most a
- * second later if it never calls it, the master's watch permitting). Returns 0, or -EINVAL for NULL. Who: workers.
+ * second later if it never calls it, the master's watch permitting). Returns 0, or
+ * -EINVAL for NULL. Who: workers.
  */
 int reuseport_heartbeat(const struct reuseport_set *set);
 

@@ -55,9 +55,9 @@ impl Groups {
     /// (inherited from the master by a worker, from the previous set by a reload, or from
     /// this set's previous open), or a new one created by a master's open. None with a
     /// strategy other than the library's program, with steering switched off, or when
-    /// steering cannot be created here
-    /// (then the migration program is used: loaded, or the one handed over). The health
-    /// threshold does not decide it: at 0 the group is steered without health verdicts.
+    /// steering cannot be created here (then the migration program is used: loaded, or the
+    /// one handed over). The health threshold does not decide it: at 0 the group is steered
+    /// without health verdicts.
     ///
     /// A master that creates a steering context also loads the plain migration program
     /// while it can, and keeps it (handed on to a reload's set and, by the server, across

@@ -29,8 +29,9 @@
 //!    to the kernel's hash, over sockets whose workers may not accept yet); then it leaves
 //!    the choice, and STEER_GAP lets handshakes that chose it just before complete into
 //!    the queue, which migrates whole (STEER_GAP_UNSERVED, shorter, when nobody accepts
-//!    from the socket any more: its queue waits for the close). With a taker (`hand_over`), what arrives meanwhile
-//!    is accepted and handed over instead of waiting for the close.
+//!    from the socket any more: its queue waits for the close). With a taker
+//!    (`hand_over`), what arrives meanwhile is accepted and handed over instead of
+//!    waiting for the close.
 //! 2. The close token (close_token.rs): the sockets of one master's processes close in
 //!    turn, waited for at most TURN_PATIENCE (pollable: Retirement::poll_fd()). Not for
 //!    steered sockets that each have an eligible sibling: the program, not the kernel's
@@ -439,12 +440,12 @@ fn steered_to_siblings(listeners: &[Listener]) -> bool {
     listeners
         .iter()
         .filter(|l| l.fd.is_some() && !drains(l))
-        .all(|l| l.claim.as_ref().is_some_and(|c| c.steering.has_eligible(&[c.slot])))
+        .all(|l| l.claim.as_ref().is_some_and(|c| c.steering.has_servable(&[c.slot])))
 }
 
 fn siblings(listeners: &[Listener]) -> Siblings {
     let claims: Vec<_> = listeners.iter().filter_map(|l| l.claim.as_ref()).collect();
-    let waiting = claims.iter().filter(|c| !c.steering.has_eligible(&[c.slot])).count();
+    let waiting = claims.iter().filter(|c| !c.steering.has_servable(&[c.slot])).count();
     let coming = claims.iter().any(|c| c.steering.sibling_coming(c.slot, STEER_PATIENCE));
     if waiting > 0 && coming {
         Siblings::Coming

@@ -135,9 +135,9 @@ impl Steering {
         claimed_elsewhere || (opened != 0 && procfs::monotonic_ms().saturating_sub(opened) < within.as_millis() as u64)
     }
 
-    /// Whether some slot other than `except` will serve what it is sent: eligible, or
+    /// Whether some slot other than `except` will take what it is sent: eligible, or
     /// warming (listed when nothing else is eligible; its loop is about to run).
-    pub fn has_eligible(&self, except: &[usize]) -> bool {
+    pub fn has_servable(&self, except: &[usize]) -> bool {
         (0..self.table.high()).any(|i| !except.contains(&i) && servable(self.table.flags(i).load(Ordering::Acquire)))
     }
 

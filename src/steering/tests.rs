@@ -104,7 +104,7 @@ fn a_new_worker_of_a_beating_group_is_chosen_from_its_first_heartbeat_on() {
     assert!(s.sibling_coming(ca.slot, Duration::ZERO), "its siblings count it as coming");
     let _c = connect(addr, 100);
     assert_eq!((accept_all(&a), accept_all(&b)), (100, 0), "nothing for a worker whose loop has not run");
-    assert!(s.has_eligible(&[ca.slot]), "a leaving sibling may leave the choice for it");
+    assert!(s.has_servable(&[ca.slot]), "a leaving sibling may leave the choice for it");
     // ...and with nothing else eligible it is the one chosen: not the kernel's hash, which
     // would also pick the leaving socket.
     ca.mark_retiring();

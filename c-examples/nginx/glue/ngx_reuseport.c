@@ -360,6 +360,7 @@ ngx_reuseport_close(ngx_cycle_t *cycle)
         ngx_reuseport_retire_handler(&ngx_reuseport_retire_ev);
 
     } else {
+        /* no retire here: end any accept event at once, as nginx would have */
         ngx_reuseport_keep_accepting(cycle);
         ngx_reuseport_stop_accepting(cycle, -1);
 
