@@ -3,12 +3,13 @@
  *   steercost --workers N [--connections M] [--program steer|migrate|none]
  *
  * The process is a master: it opens 127.0.0.1:0 through the library (steer: the steering
- * program, sized for N workers; migrate: health threshold 0, the plain two-instruction
- * migration program; none: strategy none, no program at all), forks N workers (the first
+ * program, sized for N workers; migrate: steering off, the plain two-instruction migration
+ * program; none: strategy none, no program at all), forks N workers (the first
  * adopts, the others bind, as rpserver does) which accept and close in a poll loop with a
  * heartbeat, then makes M connections one after the other (closed with RST, so no port
  * stays in TIME_WAIT). It prints one JSON line: connections per second, how many workers
- * accepted at least one, and the kernel's own counters for the program it holds (run_cnt,
+ * accepted at least one, the name and length of the program it holds (so the benchmark can
+ * check it measured the program it meant to), and the kernel's own counters for it (run_cnt,
  * run_time_ns from /proc/self/fdinfo, the figures `bpftool prog show` prints; they count
  * only while sysctl kernel.bpf_stats_enabled=1, which scripts/bench-steer.sh sets and
  * restores). Root (CAP_BPF) and a private network namespace: see scripts/bench-steer.sh. */
@@ -19,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/bpf.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -30,6 +32,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,10 +75,13 @@ static void worker(reuseport_set *set, int first, int index, shared_counts *coun
     }
 }
 
-/* The kernel's counters of the reuseport program this process holds (the busiest one). */
-static void program_stats(unsigned long long *cnt, unsigned long long *ns)
+/* The kernel's counters of the reuseport program this process holds (the busiest one),
+ * and, when name is not NULL, its name and instruction count (as translated). */
+static void program_stats(unsigned long long *cnt, unsigned long long *ns, char *name, size_t name_len,
+                          unsigned *insns)
 {
     *cnt = *ns = 0;
+    int best = -1;
     DIR *d = opendir("/proc/self/fdinfo");
     struct dirent *e;
     while (d && (e = readdir(d))) {
@@ -94,10 +100,28 @@ static void program_stats(unsigned long long *cnt, unsigned long long *ns)
         if (type == 21 /* BPF_PROG_TYPE_SK_REUSEPORT */ && c >= *cnt) {
             *cnt = c;
             *ns = t;
+            best = atoi(e->d_name);
         }
     }
     if (d)
         closedir(d);
+    if (!name)
+        return;
+    snprintf(name, name_len, "none");
+    *insns = 0;
+    if (best < 0)
+        return;
+    struct bpf_prog_info info;
+    memset(&info, 0, sizeof info);
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.info.bpf_fd = (unsigned)best;
+    attr.info.info_len = sizeof info;
+    attr.info.info = (uint64_t)(uintptr_t)&info;
+    if (syscall(SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr, sizeof attr) == 0) {
+        snprintf(name, name_len, "%.*s", (int)sizeof info.name, info.name);
+        *insns = info.xlated_prog_len / 8;
+    }
 }
 
 int main(int argc, char **argv)
@@ -127,7 +151,7 @@ int main(int argc, char **argv)
     int rc = reuseport_set_add(set, "127.0.0.1:0 backlog=4096"); /* how many it added */
     rc = rc < 0 ? rc : 0;
     if (rc == 0 && strcmp(program, "steer") != 0)
-        rc = reuseport_set_set_health_threshold(set, 0);
+        rc = reuseport_set_set_steering(set, 0);
     if (rc == 0 && strcmp(program, "none") == 0)
         rc = reuseport_set_set_strategy(set, REUSEPORT_STRATEGY_NONE);
     if (rc == 0)
@@ -172,7 +196,7 @@ int main(int argc, char **argv)
     }
 
     unsigned long long cnt0, ns0, cnt1, ns1;
-    program_stats(&cnt0, &ns0);
+    program_stats(&cnt0, &ns0, NULL, 0, NULL);
     int ok = 0, failed = 0;
     int64_t t0 = now_ns();
     for (int i = 0; i < connections; i++) {
@@ -187,7 +211,9 @@ int main(int argc, char **argv)
         close(c);
     }
     double secs = (double)(now_ns() - t0) / 1e9;
-    program_stats(&cnt1, &ns1);
+    char held[32];
+    unsigned insns;
+    program_stats(&cnt1, &ns1, held, sizeof held, &insns);
     usleep(300000); /* the workers take what is queued */
     int served = 0;
     uint64_t total = 0, most = 0;
@@ -197,10 +223,10 @@ int main(int argc, char **argv)
         most = counts->served[i] > most ? counts->served[i] : most;
     }
     unsigned long long runs = cnt1 - cnt0, run_ns = ns1 - ns0;
-    printf("{\"program\":\"%s\",\"workers\":%d,\"connections\":%d,\"ok\":%d,\"failed\":%d,\"seconds\":%.3f,"
+    printf("{\"program\":\"%s\",\"held\":\"%s\",\"insns\":%u,\"workers\":%d,\"connections\":%d,\"ok\":%d,\"failed\":%d,\"seconds\":%.3f,"
            "\"conn_per_s\":%.0f,\"served_workers\":%d,\"accepted\":%llu,\"most_per_worker\":%llu,"
            "\"run_cnt\":%llu,\"run_time_ns\":%llu,\"ns_per_run\":%.1f}\n",
-           program, workers, connections, ok, failed, secs, ok / secs, served, (unsigned long long)total,
+           program, held, insns, workers, connections, ok, failed, secs, ok / secs, served, (unsigned long long)total,
            (unsigned long long)most, runs, run_ns, runs ? (double)run_ns / (double)runs : 0.0);
     fflush(stdout);
     for (int i = 0; i < workers; i++)

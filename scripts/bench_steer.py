@@ -49,7 +49,12 @@ def steercost(workers, program, connections):
                           str(connections)], capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise RuntimeError(f"steercost {workers} {program}: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    res = json.loads(out.stdout)
+    # The program the group held, by its name: a column must measure what it says.
+    want = {"steer": "reuseport_steer", "migrate": "reuseport_mig", "none": "none"}[program]
+    if res["held"] != want:
+        raise RuntimeError(f"steercost {workers} {program}: the group held {res['held']!r}, not {want!r}")
+    return res
 
 
 def cost_table(args):
