@@ -122,11 +122,13 @@ pub extern "C" fn reuseport_heartbeat_load(set: *const reuseport_set, load: c_ui
 /// the steering program skips them, moves a stalled worker's queued connections to its
 /// siblings (needs root or CAP_SYS_PTRACE over the workers: pidfd_getfd(2)), and brings
 /// recovered workers back. Returns the number of milliseconds after which to call it
-/// again: a quarter of the threshold while connections arrive, 1000 after a second
+/// again: while connections arrive, when the next verdict may be due (at most the
+/// threshold; a quarter of it while a worker is marked stalled), 1000 after a second
 /// without any (an idle master wakes once a second), or 0 when no listener of the set is
-/// steered (nothing to watch), or a negative errno. Cheap: it reads counters in shared
+/// steered (nothing to watch), or a negative errno. Call it again after that long, not on
+/// a fixed period: the delay changes from call to call. Cheap: it reads counters in shared
 /// memory, and the accept queues (one sock_diag query per address family) only when a
-/// stall is possible. Who: the master, on a timer, for the set of its current generation
+/// verdict is possible. Who: the master, on a timer, for the set of its current generation
 /// (after release too).
 #[no_mangle]
 pub extern "C" fn reuseport_watch(set: *const reuseport_set) -> c_int {

@@ -16,6 +16,9 @@ pub(crate) const JMP32: u8 = 0x06;
 pub(crate) const ALU64: u8 = 0x07;
 pub(crate) const LD_IMM64: u8 = 0x18;
 pub(crate) const SIZE_W: u8 = 0x00;
+pub(crate) const SIZE_DW: u8 = 0x18;
+/// With an atomic op: the old value into the source register.
+pub(crate) const FETCH: i32 = 0x01;
 pub(crate) const MEM: u8 = 0x60;
 pub(crate) const ATOMIC: u8 = 0xc0;
 pub(crate) const SRC_X: u8 = 0x08;
@@ -123,6 +126,14 @@ impl Asm {
     /// *(u32 *)(base + off) += src, atomically (lock xadd).
     pub(crate) fn atomic_add_u32(&mut self, base: Reg, off: i16, src: Reg) {
         self.emit(STX | ATOMIC | SIZE_W, base, src, off, ADD as i32);
+    }
+    /// src = *(u32 *)(base + off), then *(u32 *)(base + off) += src, atomically (lock xadd).
+    pub(crate) fn atomic_fetch_add_u32(&mut self, base: Reg, off: i16, src: Reg) {
+        self.emit(STX | ATOMIC | SIZE_W, base, src, off, ADD as i32 | FETCH);
+    }
+    /// *(u64 *)(base + off) = src
+    pub(crate) fn store_u64(&mut self, base: Reg, off: i16, src: Reg) {
+        self.emit(STX | MEM | SIZE_DW, base, src, off, 0);
     }
     /// dst = the map behind fd (the kernel replaces the fd with the map's address).
     pub(crate) fn load_map(&mut self, dst: Reg, map: BorrowedFd<'_>) {

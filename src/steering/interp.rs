@@ -1,13 +1,13 @@
 //! A userspace eBPF interpreter for the instructions the steering program uses, with the
-//! two helpers it calls mocked: map_lookup_elem returns the slot table (in shared memory,
-//! the very Table the library's writers maintain) and sk_select_reuseport asks the test
-//! whether a slot's socket is there. So the program's selection rule is tested without
+//! helpers it calls mocked: map_lookup_elem returns the slot table (in shared memory,
+//! the very Table the library's writers maintain), sk_select_reuseport asks the test
+//! whether a slot's socket is there, and ktime_get_coarse_ns returns the test's clock. So the program's selection rule is tested without
 //! root, instruction by instruction, as the kernel would run it. Tests only.
 
 use std::sync::atomic::Ordering;
 
 use super::asm::*;
-use super::program::{CTX_HASH, HELPER_MAP_LOOKUP_ELEM, HELPER_SK_SELECT_REUSEPORT};
+use super::program::{CTX_HASH, HELPER_KTIME_GET_COARSE_NS, HELPER_MAP_LOOKUP_ELEM, HELPER_SK_SELECT_REUSEPORT};
 use super::slots::Table;
 use crate::sys::bpf::Insn;
 
@@ -28,6 +28,8 @@ pub(crate) struct Mock<'a> {
     pub sockarray_fd: i32,
     /// Whether the sockarray has a socket in this slot.
     pub present: &'a dyn Fn(u32) -> bool,
+    /// What bpf_ktime_get_coarse_ns() returns.
+    pub now_ns: u64,
 }
 
 /// What one run did.
@@ -105,8 +107,18 @@ pub(crate) fn run(insns: &[Insn], mock: &Mock<'_>, hash: u32) -> Run {
             ST | STX => {
                 let addr = r[dst].wrapping_add(i.off as i64 as u64);
                 if i.code == STX | ATOMIC | SIZE_W {
-                    assert_eq!(i.imm, ADD as i32, "atomic add only");
-                    table_word(addr, mock).fetch_add(r[src] as u32, Ordering::SeqCst);
+                    assert!(i.imm == ADD as i32 || i.imm == ADD as i32 | FETCH, "atomic add only");
+                    let old = table_word(addr, mock).fetch_add(r[src] as u32, Ordering::SeqCst);
+                    if i.imm & FETCH != 0 {
+                        r[src] = old as u64;
+                    }
+                    continue;
+                }
+                if i.code == STX | MEM | SIZE_DW {
+                    assert_eq!(region(addr), TABLE_VALUE, "64-bit stores go to the table");
+                    let off = (addr - TABLE_VALUE) as usize;
+                    assert!(off % 8 == 0 && off + 8 <= mock.table.layout().size, "table store at {off}");
+                    mock.table.dword(off).store(r[src], Ordering::SeqCst);
                     continue;
                 }
                 let v = if class == STX { r[src] as u32 } else { i.imm as u32 };
@@ -208,6 +220,7 @@ fn call(helper: i32, r: &[u64; 11], stack: &[u8], mock: &Mock<'_>, out: &mut Run
                 ENOENT
             }
         }
+        HELPER_KTIME_GET_COARSE_NS => mock.now_ns,
         other => panic!("helper {other}"),
     }
 }

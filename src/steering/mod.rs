@@ -171,6 +171,7 @@ impl Steering {
         t.queue(slot).store(0, Ordering::Relaxed);
         t.load(slot).store(0, Ordering::Relaxed);
         t.seen(slot).store(t.arrivals(slot).load(Ordering::Relaxed), Ordering::Relaxed);
+        t.unseen_at(slot).store(0, Ordering::Relaxed);
         t.pid(slot).store(std::process::id(), Ordering::Relaxed);
         t.fd(slot).store(sock.as_raw_fd(), Ordering::Relaxed);
         t.inode(slot).store(inode, Ordering::Relaxed);
@@ -239,7 +240,18 @@ impl SlotClaim {
     pub fn beat(&self) {
         let t = self.steering.table();
         t.beats(self.slot).fetch_add(1, Ordering::Relaxed);
-        store_if_changed(t.seen(self.slot), t.arrivals(self.slot).load(Ordering::Relaxed));
+        let arrivals = t.arrivals(self.slot);
+        let seen = arrivals.load(Ordering::Relaxed);
+        if t.seen(self.slot).load(Ordering::Relaxed) != seen {
+            // A full barrier (xchg): a connection the program counts after this store
+            // finds `seen` equal to what it counted before and stamps its arrival; one it
+            // counted before the store (after the load above) is seen by the load below,
+            // and stamped here. Either way the watch times it from its arrival.
+            t.seen(self.slot).swap(seen, Ordering::SeqCst);
+            if arrivals.load(Ordering::SeqCst) != seen {
+                t.unseen_at(self.slot).store(procfs::monotonic_coarse_ns(), Ordering::Relaxed);
+            }
+        }
         if !self.beaten.load(Ordering::Relaxed) {
             self.first_beat();
         }
@@ -422,7 +434,10 @@ pub(crate) fn watch_groups<'a>(
         st.tick(&s.group(), threshold, listeners);
         next = next.min(st.next_tick(threshold));
     }
-    Some(next)
+    // Whole milliseconds, rounded up: a server's timer (and the C call's int) counts in
+    // them, and a tick that came before a verdict's moment would only be followed by
+    // another.
+    Some(Duration::from_millis(next.as_nanos().div_ceil(1_000_000) as u64))
 }
 
 /// The distinct steering contexts among a set's listeners (several addresses of one

@@ -15,6 +15,8 @@ struct Rig {
     table: Table,
     insns: Vec<Insn>,
     fds: (File, File),
+    /// The clock the program reads (bpf_ktime_get_ns).
+    now_ns: std::cell::Cell<u64>,
 }
 
 impl Rig {
@@ -26,7 +28,7 @@ impl Rig {
         for s in 0..workers {
             join(&table, s);
         }
-        Rig { table, insns, fds }
+        Rig { table, insns, fds, now_ns: std::cell::Cell::new(1_000_000) }
     }
 
     fn run_with(&self, hash: u32, present: &dyn Fn(u32) -> bool) -> Run {
@@ -35,6 +37,7 @@ impl Rig {
             table_fd: self.fds.0.as_raw_fd(),
             sockarray_fd: self.fds.1.as_raw_fd(),
             present,
+            now_ns: self.now_ns.get(),
         };
         let r = run(&self.insns, &mock, hash);
         assert_eq!(r.verdict, SK_PASS as u64, "never refuses");
@@ -191,6 +194,27 @@ fn a_loaded_worker_gets_fewer_new_connections() {
     }
     assert!(got[3] < 20, "the stopped worker got {} of 16000: {got:?}", got[3]);
     assert!(got.iter().enumerate().all(|(s, &n)| s == 3 || n > 800), "{got:?}");
+}
+
+#[test]
+fn the_first_connection_since_a_heartbeat_stamps_its_arrival() {
+    let rig = Rig::new(8, 2);
+    // Connections at time `at` until one goes to `slot` (the others go to its sibling).
+    let to_slot = |slot: u32, at: u64| {
+        rig.now_ns.set(at);
+        assert!((0..1000).any(|h| rig.run(hash(h)).selected == Some(slot)), "slot {slot} never chosen");
+    };
+    for s in 0..2 {
+        beat(&rig.table, s);
+        rig.table.unseen_at(s).store(0, Ordering::SeqCst);
+    }
+    to_slot(0, 5_000);
+    assert_eq!(rig.table.unseen_at(0).load(Ordering::SeqCst), 5_000, "the first unseen arrival");
+    to_slot(0, 6_000);
+    assert_eq!(rig.table.unseen_at(0).load(Ordering::SeqCst), 5_000, "not the later ones");
+    beat(&rig.table, 0);
+    to_slot(0, 7_000);
+    assert_eq!(rig.table.unseen_at(0).load(Ordering::SeqCst), 7_000, "the first after the heartbeat");
 }
 
 #[test]

@@ -21,7 +21,7 @@
 //!               flags, arrivals (program bumps), seen (arrivals at the owner's last
 //!               heartbeat), load (the owner's published figure)
 //! list[2][cap]  the two halves of the eligible list (eligible.rs)
-//! beats[cap] inode[cap]: u64;  pid[cap] fd[cap] backlog[cap] queue[cap]: u32
+//! beats[cap] inode[cap] unseen_at[cap]: u64;  pid[cap] fd[cap] backlog[cap] queue[cap]: u32
 //! overflow[64]  pids of workers the table could not hold
 //! ```
 
@@ -34,7 +34,7 @@ use crate::sys::shared::SharedMemory;
 /// (a reload or an upgrade) of 2,048 workers.
 pub const DEFAULT_CAPACITY: usize = 4096;
 /// The most slots a table may have: a map value stays well under the kernel's 4 MiB
-/// limit for an array map's value (56 bytes a slot).
+/// limit for an array map's value (64 bytes a slot).
 pub const MAX_CAPACITY: usize = 32768;
 /// The fewest: a reload may raise a small server to 32 workers without outgrowing it.
 pub const MIN_CAPACITY: usize = 64;
@@ -100,6 +100,7 @@ pub(crate) struct Layout {
     pub list: usize,
     beats: usize,
     inode: usize,
+    pub unseen_at: usize,
     pid: usize,
     fd: usize,
     backlog: usize,
@@ -115,13 +116,14 @@ impl Layout {
         let list = HOT + HOT_SIZE * cap;
         let beats = list + 2 * 4 * cap;
         let inode = beats + 8 * cap;
-        let pid = inode + 8 * cap;
+        let unseen_at = inode + 8 * cap;
+        let pid = unseen_at + 8 * cap;
         let fd = pid + 4 * cap;
         let backlog = fd + 4 * cap;
         let queue = backlog + 4 * cap;
         let overflow = queue + 4 * cap;
         let size = (overflow + 4 * OVERFLOW).next_multiple_of(8);
-        Layout { cap, list, beats, inode, pid, fd, backlog, queue, overflow, size }
+        Layout { cap, list, beats, inode, unseen_at, pid, fd, backlog, queue, overflow, size }
     }
 }
 
@@ -163,6 +165,12 @@ impl Table {
         self.mem.u32_at(offset)
     }
 
+    /// The 64-bit word at byte `offset` of the table.
+    #[cfg(test)]
+    pub(crate) fn dword(&self, offset: usize) -> &AtomicU64 {
+        self.mem.u64_at(offset)
+    }
+
     fn hot(&self, slot: usize, field: usize) -> &AtomicU32 {
         self.mem.u32_at(HOT + HOT_SIZE * self.check(slot) + field)
     }
@@ -196,6 +204,14 @@ impl Table {
 
     pub fn inode(&self, slot: usize) -> &AtomicU64 {
         self.mem.u64_at(self.layout.inode + 8 * self.check(slot))
+    }
+
+    /// CLOCK_MONOTONIC_COARSE nanoseconds at which the first connection sent to the slot since its
+    /// owner's last heartbeat arrived (0: not known). The program stamps it when it sends
+    /// a slot its first connection after a heartbeat; the heartbeat stamps it when one
+    /// arrived while it recorded `seen` (watch.rs). What the watch times a stall from.
+    pub fn unseen_at(&self, slot: usize) -> &AtomicU64 {
+        self.mem.u64_at(self.layout.unseen_at + 8 * self.check(slot))
     }
 
     /// The owner's pid; 0 while the slot is being claimed.
@@ -411,6 +427,7 @@ mod tests {
             list: [[u32; CAP]; 2],
             beats: [u64; CAP],
             inode: [u64; CAP],
+            unseen_at: [u64; CAP],
             pid: [u32; CAP],
             fd: [i32; CAP],
             backlog: [i32; CAP],
@@ -425,6 +442,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(Hot, load), HOT_LOAD);
         assert_eq!(std::mem::offset_of!(AsStruct, list), l.list);
         assert_eq!(std::mem::offset_of!(AsStruct, beats), l.beats);
+        assert_eq!(std::mem::offset_of!(AsStruct, unseen_at), l.unseen_at);
         assert_eq!(std::mem::offset_of!(AsStruct, queue), l.queue);
         assert_eq!(std::mem::offset_of!(AsStruct, overflow), l.overflow);
         assert_eq!(std::mem::size_of::<AsStruct>(), l.size);

@@ -71,6 +71,9 @@ pub struct Observation {
     /// Connections were sent to it since its last heartbeat (the program's arrival counter
     /// differs from what the heartbeat recorded).
     pub unseen: bool,
+    /// When the first of them arrived (the program's stamp, slots.rs `unseen_at`); None
+    /// when unknown, and then the first tick that saw them starts the clock.
+    pub unseen_at: Option<Instant>,
     /// No other slot of the group is eligible: steering around this one would leave the
     /// program no choice, and the kernel's hash would send new connections to the very
     /// workers already judged (a stopped one among them). So the last eligible worker is
@@ -123,7 +126,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     };
     m.missing_since = None;
     let advanced = obs.beats != m.last_beats;
-    track_unseen(m, advanced, obs.unseen, now);
+    track_unseen(m, advanced, &obs, now);
     m.last_beats = obs.beats;
     let last_queue = std::mem::replace(&mut m.last_queue, queue);
     if obs.beats == 0 {
@@ -199,7 +202,7 @@ fn housekeeping_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Inst
 fn judge_beats_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant) -> Decision {
     let mut d = Decision::default();
     let beats = obs.beats;
-    track_unseen(m, beats != m.last_beats, obs.unseen, now);
+    track_unseen(m, beats != m.last_beats, &obs, now);
     if beats == m.last_beats || beats == 0 {
         return d;
     }
@@ -212,12 +215,17 @@ fn judge_beats_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Insta
     d
 }
 
-/// A heartbeat restarts the clock of what waits unseen; without one, the first tick that
-/// sees unseen connections starts it, and a tick that sees none (the worker caught up
+/// The clock of what waits unseen runs from the first unseen connection's arrival, as the
+/// program stamped it. Without a stamp, a heartbeat restarts it, the first tick that sees
+/// unseen connections starts it; either way a tick that sees none (the worker caught up
 /// without beating, or nothing was sent) stops it.
-fn track_unseen(m: &mut SlotMemory, advanced: bool, unseen: bool, now: Instant) {
-    if advanced || !unseen {
-        m.unseen_since = unseen.then_some(now);
+fn track_unseen(m: &mut SlotMemory, advanced: bool, obs: &Observation, now: Instant) {
+    if !obs.unseen {
+        m.unseen_since = None;
+    } else if let Some(at) = obs.unseen_at {
+        m.unseen_since = Some(at.min(now));
+    } else if advanced {
+        m.unseen_since = Some(now);
     } else {
         m.unseen_since.get_or_insert(now);
     }
@@ -245,11 +253,11 @@ mod tests {
     const T: Duration = Duration::from_millis(100);
 
     fn obs(beats: u64, queue: u32) -> Observation {
-        Observation { beats, queue: Queue::Len(queue), unseen: false, alone: false, typical_queue: 0 }
+        Observation { beats, queue: Queue::Len(queue), unseen: false, unseen_at: None, alone: false, typical_queue: 0 }
     }
 
     fn unseen(beats: u64, queue: Queue) -> Observation {
-        Observation { beats, queue, unseen: true, alone: false, typical_queue: 0 }
+        Observation { beats, queue, unseen: true, unseen_at: None, alone: false, typical_queue: 0 }
     }
 
     #[test]
@@ -357,7 +365,14 @@ mod tests {
     fn without_the_queue_only_a_moving_heartbeat_counts() {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
-        let unread = |beats| Observation { beats, queue: Queue::Unread, unseen: false, alone: false, typical_queue: 0 };
+        let unread = |beats| Observation {
+            beats,
+            queue: Queue::Unread,
+            unseen: false,
+            unseen_at: None,
+            alone: false,
+            typical_queue: 0,
+        };
         judge(&mut m, LIVE, obs(5, 4), t0, T);
         assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread(5), t0 + T, T), Decision::default());
         let d = judge(&mut m, LIVE | FLAG_STALE, unread(6), t0 + T, T);
@@ -370,9 +385,36 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         assert_eq!(judge(&mut m, LIVE | FLAG_RETIRING, obs(1, 100), t0, T), Decision::default());
-        let gone = Observation { beats: 1, queue: Queue::Missing, unseen: false, alone: false, typical_queue: 0 };
+        let gone = Observation {
+            beats: 1,
+            queue: Queue::Missing,
+            unseen: false,
+            unseen_at: None,
+            alone: false,
+            typical_queue: 0,
+        };
         assert!(!judge(&mut m, LIVE, gone, t0, T).free);
         assert!(judge(&mut m, LIVE, gone, t0 + T, T).free);
+    }
+
+    #[test]
+    fn a_stall_is_timed_from_the_stamped_arrival_of_the_first_unseen_connection() {
+        // The program stamped the first connection sent after the heartbeat at 10; the
+        // first tick that sees it is at 60 (ticks are a threshold apart): the verdict
+        // comes at 110, not a threshold after the tick.
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let stamped = |q| Observation { unseen_at: Some(at(10)), ..unseen(5, Queue::Len(q)) };
+        judge(&mut m, LIVE, obs(5, 0), at(0), T);
+        assert_eq!(judge(&mut m, LIVE, stamped(3), at(60), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, stamped(4), at(109), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, stamped(5), at(110), T).set, FLAG_STALE);
+        // A heartbeat, then a new first unseen connection at 300: timed from there.
+        judge(&mut m, LIVE, obs(6, 0), at(200), T);
+        let later = |q| Observation { unseen_at: Some(at(300)), ..unseen(6, Queue::Len(q)) };
+        assert_eq!(judge(&mut m, LIVE, later(1), at(350), T).set, 0);
+        assert_eq!(judge(&mut m, LIVE, later(1), at(400), T).set, FLAG_STALE);
     }
 
     #[test]
@@ -423,8 +465,14 @@ mod tests {
         let mut m = SlotMemory::default();
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let alone =
-            |queue| Observation { beats: 5, queue: Queue::Len(queue), unseen: true, alone: true, typical_queue: 0 };
+        let alone = |queue| Observation {
+            beats: 5,
+            queue: Queue::Len(queue),
+            unseen: true,
+            unseen_at: None,
+            alone: true,
+            typical_queue: 0,
+        };
         judge(&mut m, LIVE, obs(5, 0), at(0), T);
         for ms in [25, 100, 200, 300] {
             let d = judge(&mut m, LIVE, alone(9), at(ms), T);

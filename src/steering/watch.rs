@@ -12,8 +12,8 @@
 //!   out of the program's choice until its heartbeat moves again: without that, its queue
 //!   (emptied by the rescue) would make it look idle and it would be chosen again.
 //! - *overloaded*: its heartbeat moves but its queue grew at OVERLOAD_READINGS readings in
-//!   a row (under traffic the queues are read every eighth tick: eight thresholds, 400 ms
-//!   at the default) and holds at least 16 and twice the group's typical queue (on a host
+//!   a row (under traffic the queues are read every two thresholds: eight thresholds,
+//!   400 ms at the default) and holds at least 16 and twice the group's typical queue (on a host
 //!   where every worker's queue grows, steering around one helps nothing); it is back when
 //!   the queue has shrunk to half, whether or not it beats (an idle worker does not).
 //!   The load-aware choice (program.rs) reacts per connection; this verdict is the slower
@@ -42,18 +42,27 @@
 //! it chose for every connection (and a group counter when it leaves one to the kernel),
 //! so a tick knows from memory alone whether anything arrived since the last one, and
 //! whether connections were sent to a worker since its last heartbeat (its counter differs
-//! from what the heartbeat recorded): the first tick that sees such unseen connections
-//! starts the slot's stall clock, from memory alone. The queues (one sock_diag query per
-//! address family) are read only when one may matter: a verdict is possible (a slot's
-//! heartbeat stood still over the tick and its clock is about a threshold old), a slot is
-//! marked stalled and still (its rescue), every eighth tick under traffic (the overload
-//! rule counts growth over those readings), or once a second otherwise (sockets that stopped listening without retiring). Whether a
+//! from what the heartbeat recorded). The first such connection also leaves its arrival
+//! time in the slot (`unseen_at`, CLOCK_MONOTONIC_COARSE: the program stamps it, or the
+//! heartbeat when the connection came while it recorded `seen`), and that is what a stall
+//! is timed from. So the watch need not sample the slots every few milliseconds to see
+//! when connections began to wait: each tick computes the earliest moment a verdict may be
+//! due (a first unseen connection's arrival plus the threshold) and asks to be called
+//! then, or a threshold from now if that is sooner (a stall that begins after this tick
+//! is then seen in time). Under traffic that is about one tick per threshold, 20 a second
+//! at the default, and a stall is judged the threshold after the first connection it left
+//! unseen (to within a jiffy, the clock's resolution). While a slot is marked stalled the
+//! watch ticks at a quarter threshold (its rescue, and its return).
+//!
+//! The queues (one sock_diag query per address family) are read only when one may
+//! matter: a verdict is due, a slot is marked stalled and still (its rescue), every two
+//! thresholds under traffic (the overload rule counts growth over those readings), or
+//! once a second otherwise (sockets that stopped listening without retiring). Whether a
 //! worker still lives (kill(pid, 0)) is asked only of slots whose heartbeat stands still,
 //! at most once a second. After a second without any arrival and with every queue empty,
-//! the watch asks to be called again in a second instead of a quarter threshold: an idle
-//! master wakes once a second. The first connections after such a pause may thus find a
-//! stalled worker judged up to a second late; while connections arrive, a stall is judged
-//! within the threshold plus a tick of the first connection it left unseen.
+//! the watch asks to be called again in a second: an idle master wakes once a second.
+//! The first connections after such a pause may thus find a stalled worker judged up to a
+//! second late.
 //!
 //! Threshold 0 turns the verdicts off, not the program: it still keeps new connections
 //! off a leaving socket (without it, the kernel's hash sends handshakes to a listener up
@@ -84,14 +93,6 @@ pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The queues are read at least this often (sockets that stopped listening are freed),
 /// and whether still workers live is asked this often.
 const DIAG_AT_LEAST: Duration = Duration::from_secs(1);
-/// Under traffic without a stall candidate, the queues are read every this many ticks
-/// (two thresholds; the overload rule counts growth over those readings). A reading is
-/// one sock_diag dump, and a dump walks the kernel's whole listening hash (16,384 buckets,
-/// 256 KiB, cold in the cache: a few hundred microseconds) however few listeners it
-/// returns. Following busy queues at every tick (a queue of 4 or more had the next tick
-/// read again) cost a master of 64 workers x 4 addresses under load 1.7 % of a core, most
-/// of it in that walk, because on a busy host some queue always holds a few.
-const OVERLOAD_EVERY: u32 = 8;
 
 /// What the watch remembers of a group between ticks.
 #[derive(Debug, Default)]
@@ -106,22 +107,67 @@ pub(crate) struct WatchState {
     quiet_since: Option<Instant>,
     /// Some queue was not empty at the last reading.
     any_queue: bool,
-    /// Ticks since the queues were last read, and when.
-    ticks_since_diag: u32,
+    /// When the queues were last read.
     last_diag: Option<Instant>,
     last_alive_check: Option<Instant>,
     /// This tick's plan (plan() then tick()).
     moved: bool,
+    /// The earliest moment ahead at which a verdict may be due (plan()).
+    due: Option<Instant>,
+    /// Some slot is marked stalled (tick()).
+    stalled: bool,
+}
+
+/// How much earlier than its moment a verdict is looked at (a tick may come a little early).
+const EARLY: Duration = Duration::from_millis(1);
+/// The shortest wait between ticks.
+const MIN_TICK: Duration = Duration::from_millis(1);
+
+/// Under traffic without a stall candidate, the queues are read this often (two
+/// thresholds; the overload rule counts growth over those readings). A reading is one
+/// sock_diag dump, and a dump walks the kernel's whole listening hash (16,384 buckets,
+/// 256 KiB, cold in the cache: a few hundred microseconds) however few listeners it
+/// returns. Following busy queues at every tick (a queue of 4 or more had the next tick
+/// read again) cost a master of 64 workers x 4 addresses under load 1.7 % of a core, most
+/// of it in that walk, because on a busy host some queue always holds a few.
+fn overload_every(threshold: Duration) -> Duration {
+    threshold * 2
+}
+
+/// Now, on both clocks: std's Instant for the watch's memory, and CLOCK_MONOTONIC_COARSE
+/// nanoseconds for the stamps the program and the workers leave in the table (to within
+/// a jiffy: a verdict may come that much before the threshold).
+struct Clock {
+    now: Instant,
+    now_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock { now: Instant::now(), now_ns: procfs::monotonic_coarse_ns() }
+    }
+
+    /// A stamp (0: none) as an Instant; one from the future (the clocks are read a few
+    /// nanoseconds apart) is now.
+    fn instant(&self, stamp_ns: u64) -> Option<Instant> {
+        if stamp_ns == 0 {
+            return None;
+        }
+        let ago = Duration::from_nanos(self.now_ns.saturating_sub(stamp_ns));
+        Some(self.now.checked_sub(ago).unwrap_or(self.now))
+    }
 }
 
 impl WatchState {
-    /// Before a tick: whether it needs the queues (a sock_diag query).
+    /// Before a tick: whether it needs the queues (a sock_diag query), and when the next
+    /// tick is due.
     pub(crate) fn plan(&mut self, s: &Group<'_>, threshold: Duration) -> bool {
         let t = s.table;
         let high = t.high();
         let traffic = (0..high).map(|i| t.arrivals(i).load(Ordering::Relaxed) as u64).sum::<u64>()
             + t.passed().load(Ordering::Relaxed) as u64;
-        let now = Instant::now();
+        let clock = Clock::now();
+        let now = clock.now;
         self.moved = traffic != self.traffic;
         self.traffic = traffic;
         if self.moved {
@@ -130,39 +176,67 @@ impl WatchState {
             self.quiet_since.get_or_insert(now);
         }
         // A stall candidate: a verdict on it is possible at this tick. Connections were
-        // sent to it since its last heartbeat, its heartbeat has not moved since the last
-        // tick, and the first tick that saw them unseen is about a threshold ago (that
-        // clock runs on the slot's counters, without the queues). Or it is marked stalled
-        // and still: its rescue and the stragglers after it need the queues. An idle
-        // worker (nothing sent since it last looked) is not one, however still, nor is a
-        // worker that is merely descheduled for a few ticks on a busy host.
-        let soon = threshold.saturating_sub(tick_for(threshold) / 2);
-        let candidate = !threshold.is_zero()
-            && (0..high).any(|i| {
+        // sent to it since its last heartbeat and the first of them arrived about a
+        // threshold ago (the program's stamp: no heartbeat since, or it would have seen
+        // them). Or it is marked stalled and still: its rescue and the stragglers after
+        // it need the queues. An idle worker (nothing sent since it last looked) is not
+        // one, however still, nor is a worker that is merely descheduled for a few ticks
+        // on a busy host. The earliest such moment still ahead is when the next tick is due.
+        let mut candidate = false;
+        let mut due: Option<Instant> = None;
+        if !threshold.is_zero() {
+            for i in 0..high {
                 let f = t.flags(i).load(Ordering::Acquire);
+                if f & FLAG_CLAIMED == 0 || f & FLAG_RETIRING != 0 {
+                    continue;
+                }
                 let beats = t.beats(i).load(Ordering::Relaxed);
-                let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
-                f & FLAG_CLAIMED != 0
-                    && f & FLAG_RETIRING == 0
-                    && beats != 0
-                    && self.slots.get(i).is_some_and(|m| {
-                        m.last_beats() == beats
-                            && (f & FLAG_STALE != 0 || (unseen && m.unseen_for(now).is_some_and(|d| d >= soon)))
-                    })
-            });
-        let due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
-        let overload_rule = !threshold.is_zero() && self.moved && self.ticks_since_diag >= OVERLOAD_EVERY;
-        candidate || overload_rule || due
+                let Some(m) = self.slots.get(i).filter(|_| beats != 0) else { continue };
+                let still = m.last_beats() == beats;
+                if f & FLAG_STALE != 0 {
+                    candidate |= still;
+                    continue;
+                }
+                if t.arrivals(i).load(Ordering::Relaxed) == t.seen(i).load(Ordering::Relaxed) {
+                    continue;
+                }
+                let since = match clock.instant(t.unseen_at(i).load(Ordering::Relaxed)) {
+                    Some(at) => at,
+                    // No stamp: timed from the first tick that saw them, as judge() does.
+                    None if still => m.unseen_for(now).map_or(now, |d| now - d),
+                    None => now,
+                };
+                let verdict_at = since + threshold;
+                if verdict_at <= now + EARLY {
+                    candidate = true;
+                } else {
+                    due = Some(due.map_or(verdict_at, |d| d.min(verdict_at)));
+                }
+            }
+        }
+        self.due = due;
+        let diag_due = self.last_diag.is_none_or(|at| now - at >= DIAG_AT_LEAST);
+        let overload_rule = !threshold.is_zero()
+            && self.moved
+            && self.last_diag.is_none_or(|at| now - at + EARLY >= overload_every(threshold));
+        candidate || overload_rule || diag_due
     }
 
-    /// When the group wants the next tick.
+    /// When the group wants the next tick: at the next moment a verdict may be due, at
+    /// most a threshold from now while connections arrive (a stall that begins after this
+    /// tick is then seen in time to be judged the threshold after its first connection),
+    /// a quarter threshold while a slot is marked stalled (its rescue, and its return),
+    /// and once a second when idle.
     pub(crate) fn next_tick(&self, threshold: Duration) -> Duration {
         let quiet = self.quiet_since.is_some_and(|since| since.elapsed() >= QUIET_AFTER);
         if threshold.is_zero() || (quiet && !self.any_queue) {
-            IDLE_TICK
-        } else {
-            tick_for(threshold)
+            return IDLE_TICK;
         }
+        if self.stalled {
+            return tick_for(threshold);
+        }
+        let until_due = self.due.map_or(threshold, |at| at.saturating_duration_since(Instant::now()));
+        until_due.clamp(MIN_TICK, threshold.max(MIN_TICK))
     }
 
     /// One tick over group `s`: judges every claimed slot, applies the verdicts to the
@@ -191,13 +265,12 @@ impl WatchState {
                 return;
             }
         };
-        let now = Instant::now();
+        let clock = Clock::now();
+        let now = clock.now;
+        st.stalled = false;
         if listeners.is_some() {
-            st.ticks_since_diag = 0;
             st.last_diag = Some(now);
             st.any_queue = false;
-        } else {
-            st.ticks_since_diag += 1;
         }
         let check_alive = st.last_alive_check.is_none_or(|at| now - at >= DIAG_AT_LEAST.max(threshold));
         if check_alive {
@@ -256,11 +329,12 @@ impl WatchState {
                 },
             };
             let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
+            let unseen_at = if unseen { clock.instant(t.unseen_at(i).load(Ordering::Relaxed)) } else { None };
             let alone = eligible_now <= usize::from(eligible(flags));
             let d = judge(
                 &mut st.slots[i],
                 flags,
-                Observation { beats, queue, unseen, alone, typical_queue },
+                Observation { beats, queue, unseen, unseen_at, alone, typical_queue },
                 now,
                 threshold,
             );
@@ -280,6 +354,7 @@ impl WatchState {
                 t.clear_flags(i, d.clear);
             }
             let after = (flags | d.set) & !d.clear;
+            st.stalled |= after & FLAG_STALE != 0 && after & FLAG_RETIRING == 0;
             match (eligible(flags), eligible(after)) {
                 (true, false) => eligible_now -= 1,
                 (false, true) => eligible_now += 1,
