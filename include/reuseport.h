@@ -669,6 +669,21 @@ int reuseport_watch(const struct reuseport_set *set);
 int reuseport_listener_is_steered(const struct reuseport_set *set, size_t index);
 
 /**
+ * Names `fd`, a listen socket of another binary in one of the set's steered groups
+ * (stock nginx's, inherited across an upgrade, which that binary's processes keep
+ * accepting from), as a fallback target: when none of the group's own sockets may take a
+ * new connection (this binary's last workers are leaving), the program sends it there
+ * rather than to the kernel's hash, which would also choose the leaving sockets up to
+ * their close and reset a handshake completing in it. The set takes no ownership and
+ * keeps no reference: the caller may close `fd` at once; the target is gone once the
+ * socket is closed in every process. Who: the master, after reuseport_master_open().
+ * Returns 1 when added, 0 when the socket's address is no steered listener's (or the
+ * group holds 64 already), -EBADF for a closed fd, or another negative errno (-EINVAL,
+ * -EBUSY: not a listening SO_REUSEPORT socket of that group, or in another socket array).
+ */
+int reuseport_set_add_fallback(const struct reuseport_set *set, int fd);
+
+/**
  * Fills `out` (room for `cap` entries of `slot_size` bytes each: pass
  * `sizeof(struct reuseport_slot)`; NULL with cap 0 to count) with the claimed slots of
  * listener `index`'s group, every worker this master forked that holds a socket there.

@@ -144,6 +144,31 @@ pub extern "C" fn reuseport_listener_is_steered(set: *const reuseport_set, index
     guard_query("reuseport_listener_is_steered", || Ok(listener_at(set_ref(set)?, index)?.steering.is_some() as c_int))
 }
 
+/// Names `fd`, a listen socket of another binary in one of the set's steered groups
+/// (stock nginx's, inherited across an upgrade, which that binary's processes keep
+/// accepting from), as a fallback target: when none of the group's own sockets may take a
+/// new connection (this binary's last workers are leaving), the program sends it there
+/// rather than to the kernel's hash, which would also choose the leaving sockets up to
+/// their close and reset a handshake completing in it. The set takes no ownership and
+/// keeps no reference: the caller may close `fd` at once; the target is gone once the
+/// socket is closed in every process. Who: the master, after reuseport_master_open().
+/// Returns 1 when added, 0 when the socket's address is no steered listener's (or the
+/// group holds 64 already), -EBADF for a closed fd, or another negative errno (-EINVAL,
+/// -EBUSY: not a listening SO_REUSEPORT socket of that group, or in another socket array).
+#[no_mangle]
+pub extern "C" fn reuseport_set_add_fallback(set: *const reuseport_set, fd: c_int) -> c_int {
+    guard("reuseport_set_add_fallback", || {
+        let set = set_ref(set)?;
+        // SAFETY: fcntl(F_GETFD) only asks whether the number is an open fd.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(Error::new(libc::EBADF, Step::Bpf, format!("add a fallback: fd {fd} is not open")));
+        }
+        // SAFETY: open (checked above), and borrowed only for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        set.add_fallback(fd).map(c_int::from)
+    })
+}
+
 /// The struct's size in the first release (0.1): `slot_size` may not be smaller.
 pub const REUSEPORT_SLOT_SIZE_V1: usize = 24;
 const _: () = assert!(std::mem::size_of::<reuseport_slot>() >= REUSEPORT_SLOT_SIZE_V1);

@@ -392,6 +392,37 @@ impl Set {
         self.groups.max_workers = n;
     }
 
+    /// Names a listen socket of another binary in one of this set's steered groups (e.g.
+    /// stock nginx's, inherited across an upgrade, whose processes keep accepting from it)
+    /// as a fallback target: when none of the group's own sockets may take a connection
+    /// (its last workers are leaving), the program sends it there rather than leave it to
+    /// the kernel's hash, which would also choose the leaving sockets up to their close
+    /// and so reset a handshake completing in it. The set keeps no reference: the caller
+    /// may close `fd` at once, and the target is gone when the socket closes in every
+    /// process. Who: the master, after its open. Ok(true) when added; Ok(false) when the
+    /// socket's address is no steered listener's, or the group holds FALLBACK_MAX already.
+    pub fn add_fallback(&self, fd: BorrowedFd<'_>) -> Result<bool> {
+        let addr = socket::local_addr(fd).map_err(|e| {
+            Error::sys(&e, Step::Bpf, &format!("fd {}", fd.as_raw_fd()), "add a fallback: getsockname of the socket")
+        })?;
+        let Some(steering) = self.listeners.iter().filter(|l| l.addr == addr).find_map(|l| l.steering.as_ref()) else {
+            return Ok(false);
+        };
+        let added = steering.add_fallback(fd).map_err(|e| {
+            Error::sys(&e, Step::Bpf, &addr.to_string(), "add a fallback: the socket must be a listening SO_REUSEPORT socket of the same group (same address, same user), in no other socket array")
+        })?;
+        if added {
+            log::emit(
+                Level::Info,
+                &format!(
+                    "{addr}: fd {} is a fallback target when none of this set's sockets may take a connection",
+                    fd.as_raw_fd()
+                ),
+            );
+        }
+        Ok(added)
+    }
+
     /// The master's tick: judges every worker slot of this set's groups. Returns when to
     /// call again, or None when no listener is steered (nothing to watch).
     pub fn watch(&self) -> Option<Duration> {

@@ -83,7 +83,8 @@ impl Steering {
         let table_map =
             bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, layout.size as u32, 1, bpf::BPF_F_MMAPABLE, b"reuseport_slots")
                 .map_err(step("bpf(BPF_MAP_CREATE) of the slot table"))?;
-        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, cap as u32, 0, b"reuseport_socks")
+        let keys = (cap + slots::FALLBACK_MAX) as u32;
+        let sockarray = bpf::create_map(bpf::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, keys, 0, b"reuseport_socks")
             .map_err(step("bpf(BPF_MAP_CREATE) of the socket array"))?;
         let table = Table::map(table_map.as_fd(), cap).map_err(step("mmap of the slot table"))?;
         let program = program::load(&layout, table_map.as_fd(), sockarray.as_fd())
@@ -93,6 +94,21 @@ impl Steering {
 
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// Puts a socket of another binary in this group (see Set::add_fallback) among the
+    /// fallback targets. Ok(false) when the fallback keys are all used.
+    pub(crate) fn add_fallback(&self, sock: BorrowedFd<'_>) -> io::Result<bool> {
+        let t = &self.table;
+        let n = t.fallback().load(Ordering::Acquire) as usize;
+        if n >= slots::FALLBACK_MAX {
+            return Ok(false);
+        }
+        // The entry first, then the count the program reads: it never selects a key not
+        // yet set (and an entry whose socket closed since fails the selection harmlessly).
+        bpf::sockarray_set(self.sockarray(), (t.capacity() + n) as u32, sock)?;
+        t.fallback().store(n as u32 + 1, Ordering::Release);
+        Ok(true)
     }
 
     pub fn program(&self) -> BorrowedFd<'_> {

@@ -9,11 +9,13 @@
 //! lower load first: the figure its owner publishes (open connections, or 0) plus the
 //! connections sent to it since its owner's last heartbeat, which grows at once for a
 //! worker that stopped accepting or is busy in one long request. Under even load the two
-//! are equal most of the time and the hash decides, so the spread stays even. When the
-//! chosen socket is gone (its process died, its listener closed), or nothing is eligible,
-//! or some worker could not get a slot (it then gets its share from the kernel's hash
-//! like every other), it returns SK_PASS without a choice and the kernel hashes over the
-//! whole group: a connection is never refused. A selection bumps the slot's arrival
+//! are equal most of the time and the hash decides, so the spread stays even. When
+//! nothing is listed, it selects a fallback socket of another binary the master named
+//! (an upgrade's inherited stock sockets, Steering::add_fallback), if any. When the
+//! chosen socket is gone (its process died, its listener closed), or nothing is listed
+//! and there is no fallback, or some worker could not get a slot (it then gets its share
+//! from the kernel's hash like every other), it returns SK_PASS without a choice and the
+//! kernel hashes over the whole group: a connection is never refused. A selection bumps the slot's arrival
 //! counter, which also tells the master's watch, without a system call, that connections
 //! arrive; the first one since the owner's last heartbeat also stamps its arrival time
 //! (bpf_ktime_get_coarse_ns()), from which the watch times a stall (watch.rs).
@@ -26,8 +28,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::asm::*;
 use super::slots::{
-    Layout, FLAGS_ELIGIBILITY, FLAG_MEMBER, HEAD, HEAD_HALF, HOT, HOT_ARRIVALS, HOT_FLAGS, HOT_LOAD, HOT_SEEN, PASSED,
-    UNLISTED,
+    Layout, FALLBACK, FALLBACK_MAX, FLAGS_ELIGIBILITY, FLAG_MEMBER, HEAD, HEAD_HALF, HOT, HOT_ARRIVALS, HOT_FLAGS,
+    HOT_LOAD, HOT_SEEN, PASSED, UNLISTED,
 };
 use crate::sys::bpf::{self, Insn, SK_PASS};
 
@@ -62,7 +64,7 @@ const fn hot(field: usize) -> i16 {
 pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: BorrowedFd<'_>) -> Vec<Insn> {
     let cap = layout.cap as i32;
     let mut a = Asm::default();
-    let (out, pass) = (a.label(), a.label());
+    let (out, pass, fallback) = (a.label(), a.label(), a.label());
 
     a.alu64(MOV, CTX, R1);
     a.store_u32_imm(FP, KEY_TABLE, 0);
@@ -81,7 +83,7 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     a.load_u32(R1, TABLE, HEAD as i16);
     a.alu64(MOV, A, R1);
     a.alu64_imm(AND, A, !HEAD_HALF as i32);
-    a.jump_imm(JEQ, A, 0, pass);
+    a.jump_imm(JEQ, A, 0, fallback);
     a.jump_imm(JGT, A, cap, pass);
     a.alu64_imm(RSH, R1, 31);
     a.alu64_imm(MUL, R1, 4 * cap);
@@ -186,6 +188,20 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
         a.store_u64(rec, 0, R0);
         a.goto(out);
     }
+    // Nothing listed (no slot eligible or warming: this binary's last workers are
+    // leaving): a socket of another binary in the group, if the master gave any
+    // (Steering::add_fallback), by hash. Without one, the kernel's hash would also choose
+    // the leaving sockets, up to their close, which resets a handshake completing in it.
+    a.bind(fallback);
+    a.load_u32(R1, TABLE, FALLBACK as i16);
+    a.jump_imm(JEQ, R1, 0, pass);
+    a.jump_imm(JGT, R1, FALLBACK_MAX as i32, pass);
+    a.load_u32(R2, CTX, CTX_HASH);
+    a.alu32(MOD, R2, R1);
+    a.alu64_imm(ADD, R2, cap);
+    a.store_u32(FP, KEY_A, R2);
+    select(&mut a, KEY_A, pass);
+
     a.bind(pass);
     a.alu64_imm(MOV, R1, 1);
     a.atomic_add_u32(TABLE, PASSED as i16, R1);

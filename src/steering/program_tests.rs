@@ -164,6 +164,29 @@ fn nothing_eligible_or_a_worker_without_a_slot_leaves_it_to_the_kernel() {
 }
 
 #[test]
+fn with_nothing_listed_the_fallback_sockets_take_the_connections() {
+    let rig = Rig::new(16, 2);
+    rig.table.set_flags(0, FLAG_RETIRING);
+    rig.table.set_flags(1, FLAG_RETIRING);
+    assert_eq!(rig.run(5).selected, None, "no fallback: the kernel's hash");
+    rig.table.fallback().store(3, Ordering::SeqCst);
+    let mut got = [0u32; 3];
+    for h in 0..3000 {
+        let r = rig.run(hash(h));
+        let key = r.selected.expect("a fallback socket") as usize;
+        assert!((16..19).contains(&key), "key {key}");
+        got[key - 16] += 1;
+    }
+    assert!(got.iter().all(|&n| n > 800), "spread by hash: {got:?}");
+    // One of them closed (the kernel emptied its entry): left to the kernel's hash.
+    let r = rig.run_with(hash(1), &|k| k != 16 + hash(1) % 3);
+    assert_eq!((r.selected, r.select_calls), (None, 1));
+    // Anything listed again: the slots, never the fallback.
+    rig.table.clear_flags(1, FLAG_RETIRING);
+    assert!((0..200).all(|h| rig.run(hash(h)).selected == Some(1)));
+}
+
+#[test]
 fn a_loaded_worker_gets_fewer_new_connections() {
     // Two workers: the second candidate is always the other, so the busier never wins.
     let rig = Rig::new(8, 2);

@@ -17,6 +17,7 @@
 //!               lock: u32 (pid), high: u32 (slots ever used), passed: u32 (program bumps)
 //!               beating: u32  a worker of this group has beaten (new slots warm up)
 //!               lock_at_ms: u64, opened_at_ms: u64
+//!               fallback: u32  sockets of another binary in the sockarray after the slots
 //! hot[cap]      per slot, 16 bytes, one cache line for four slots:
 //!               flags, arrivals (program bumps), seen (arrivals at the owner's last
 //!               heartbeat), load (the owner's published figure)
@@ -40,6 +41,10 @@ pub const MAX_CAPACITY: usize = 32768;
 pub const MIN_CAPACITY: usize = 64;
 /// Workers beyond the capacity that can still be recorded (and given their share).
 pub const OVERFLOW: usize = 64;
+/// Sockets of another binary in the group (e.g. stock nginx's, inherited across an
+/// upgrade) the program may send connections to when none of the slots may take them:
+/// the sockarray holds them after the capacity's slots.
+pub const FALLBACK_MAX: usize = 64;
 
 /// The slot is taken by a process (set by compare-and-swap from 0).
 pub const FLAG_CLAIMED: u32 = 1;
@@ -82,6 +87,7 @@ pub(crate) const PASSED: usize = 24;
 const BEATING: usize = 28;
 const LOCK_AT: usize = 32;
 const OPENED_AT: usize = 40;
+pub(crate) const FALLBACK: usize = 48;
 /// Where the per-slot hot records start.
 pub(crate) const HOT: usize = 64;
 /// Size of a hot record, and the offsets in it.
@@ -249,6 +255,11 @@ impl Table {
     /// workers): with the arrivals, what tells the watch whether anything arrived.
     pub fn passed(&self) -> &AtomicU32 {
         self.mem.u32_at(PASSED)
+    }
+
+    /// How many fallback sockets the sockarray holds after the slots (keys cap..cap+n).
+    pub fn fallback(&self) -> &AtomicU32 {
+        self.mem.u32_at(FALLBACK)
     }
 
     /// Non-zero once a worker of this group has called the heartbeat: from then on a new
@@ -422,7 +433,8 @@ mod tests {
             beating: u32,
             lock_at: u64,
             opened_at: u64,
-            _pad2: [u64; 2],
+            fallback: u32,
+            _pad2: [u32; 3],
             hot: [Hot; CAP],
             list: [[u32; CAP]; 2],
             beats: [u64; CAP],
@@ -438,6 +450,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AsStruct, passed), PASSED);
         assert_eq!(std::mem::offset_of!(AsStruct, beating), BEATING);
         assert_eq!(std::mem::offset_of!(AsStruct, opened_at), OPENED_AT);
+        assert_eq!(std::mem::offset_of!(AsStruct, fallback), FALLBACK);
         assert_eq!(std::mem::offset_of!(AsStruct, hot), HOT);
         assert_eq!(std::mem::offset_of!(Hot, load), HOT_LOAD);
         assert_eq!(std::mem::offset_of!(AsStruct, list), l.list);

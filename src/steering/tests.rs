@@ -408,3 +408,34 @@ fn a_failed_creation_names_the_step_the_cause_and_the_fix() {
     let e = super::CreateError { errno: libc::EIO, step: "mmap of the slot table" };
     assert!(!e.to_string().contains('('), "no hint for an error without one: {e}");
 }
+
+/// A listener of the group that is not the library's (another binary's, e.g. stock nginx's).
+fn foreign(addr: SocketAddr) -> TcpListener {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_port(true).unwrap();
+    sock.bind(&addr.into()).unwrap();
+    sock.listen(128).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    sock.into()
+}
+
+#[test]
+fn with_its_own_sockets_leaving_a_group_sends_new_connections_to_its_fallback() {
+    let Some(s) = steering_or_skip("with_its_own_sockets_leaving_a_group_sends_new_connections_to_its_fallback") else {
+        return;
+    };
+    let (a, ca) = beating_member(&s);
+    let other = foreign(s.addr);
+    s.table().set_flags(ca.slot, FLAG_RETIRING);
+    // Nothing listed and no fallback: the kernel's hash, over the leaving socket too.
+    let _c = connect(s.addr, 64);
+    let (to_a, to_other) = (accept_all(&a), accept_all(&other));
+    assert!(to_a > 0 && to_other > 0, "the kernel's hash over both: {to_a} / {to_other}");
+    assert!(s.add_fallback(other.as_fd()).unwrap());
+    let _c = connect(s.addr, 64);
+    assert_eq!((accept_all(&a), accept_all(&other)), (0, 64), "all to the fallback, none to the leaving socket");
+    // Listed again: its own socket, not the fallback.
+    s.table().clear_flags(ca.slot, FLAG_RETIRING);
+    let _c = connect(s.addr, 64);
+    assert_eq!((accept_all(&a), accept_all(&other)), (64, 0));
+}

@@ -222,6 +222,24 @@ int main(void)
     CHECK(watch_until(set, 1000, no_slots, set), "the workers' slots are freed when they exit (%d left)",
           reuseport_listener_get_slots(set, 0, NULL, 0, 0));
 
+    /* A socket of another binary in the group becomes a fallback target. */
+    int other = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(other, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    CHECK(bind(other, (struct sockaddr *)&sin, sizeof sin) == 0 && listen(other, 16) == 0, "a foreign member");
+    CHECK(reuseport_set_add_fallback(set, other) == 1, "added as a fallback: %s", reuseport_last_error());
+    int elsewhere = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(reuseport_set_add_fallback(set, elsewhere) == 0, "an address of no listener: not added");
+    int p[2];
+    CHECK(pipe(p) == 0 && reuseport_set_add_fallback(set, p[0]) == -ENOTSOCK, "not a socket: %s", reuseport_last_error());
+    CHECK(reuseport_set_add_fallback(set, -1) == -EBADF, "not an fd");
+    CHECK(reuseport_set_add_fallback(NULL, other) == -EINVAL, "NULL set");
+    close(p[0]);
+    close(p[1]);
+    close(elsewhere);
+    close(other);
+
     /* Steering off: the plain migration program, nothing to watch. */
     reuseport_set *plain = reuseport_set_new();
     reuseport_set_add(plain, "127.0.0.1:0");
@@ -231,6 +249,13 @@ int main(void)
     CHECK(reuseport_listener_is_steered(plain, 0) == 0, "not steered");
     CHECK(reuseport_listener_get_slots(plain, 0, NULL, 0, 0) == -ENOTSUP, "no slots to report");
     CHECK(reuseport_watch(plain) == 0, "nothing to watch");
+    int member = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in plain_sin = { .sin_family = AF_INET, .sin_port = htons(port_of(plain)) };
+    plain_sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(member, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    CHECK(bind(member, (struct sockaddr *)&plain_sin, sizeof plain_sin) == 0 && listen(member, 16) == 0, "a member");
+    CHECK(reuseport_set_add_fallback(plain, member) == 0, "not steered: no fallback");
+    close(member);
     CHECK(reuseport_heartbeat(NULL) == -EINVAL, "NULL set");
     CHECK(reuseport_set_set_steering(NULL, 0) == -EINVAL, "NULL set");
     reuseport_set_free(plain);

@@ -59,11 +59,12 @@ ngx_reuseport_open(ngx_cycle_t *cycle)
 
     ngx_reuseport_init_log = cycle->log;
     rc = ngx_reuseport_open_set(cycle);
-    ngx_reuseport_init_log = NULL;
 
     if (rc == NGX_OK) {
         ngx_reuseport_disown_inherited(cycle);
     }
+
+    ngx_reuseport_init_log = NULL;
 
     return rc;
 }
@@ -76,7 +77,10 @@ ngx_reuseport_open(ngx_cycle_t *cycle)
  * left to nginx's own close of the old cycle's sockets (right after this,
  * before any worker is forked) instead of being kept.  They leave their
  * groups when the old binary's processes close them too, and what is queued
- * on them then moves to the library's sockets
+ * on them then moves to the library's sockets.  Until then they are the
+ * program's fallback: should this binary's workers all leave first (the
+ * upgrade reverted: HUP to the old master, QUIT to this one), new
+ * connections go to them, not to the leaving sockets
  */
 
 static void
@@ -103,6 +107,12 @@ ngx_reuseport_disown_inherited(ngx_cycle_t *cycle)
                       "reuseport listener %V: the inherited socket #%d of a "
                       "binary without the library is closed, the library's "
                       "sockets take its place", &ls[i].addr_text, ls[i].fd);
+
+        if (reuseport_set_add_fallback(cycle->reuseport, ls[i].fd) < 0) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "reuseport listener %V: %s", &ls[i].addr_text,
+                          reuseport_last_error());
+        }
 
         /* not the library's: nginx's close of the old cycle's sockets */
         ls[i].reuseport = 0;
