@@ -207,9 +207,10 @@ impl WatchState {
                     None => now,
                 };
                 let verdict_at = since + threshold;
-                if verdict_at <= now + EARLY {
-                    candidate = true;
-                } else {
+                candidate |= verdict_at <= now + EARLY;
+                if verdict_at > now {
+                    // Also when looked at early: judge() decides on the exact moment, and
+                    // a tick that came a little before it is followed by one at it.
                     due = Some(due.map_or(verdict_at, |d| d.min(verdict_at)));
                 }
             }
