@@ -265,7 +265,7 @@ impl SlotClaim {
             // and stamped here. Either way the watch times it from its arrival.
             t.seen(self.slot).swap(seen, Ordering::SeqCst);
             if arrivals.load(Ordering::SeqCst) != seen {
-                t.unseen_at(self.slot).store(procfs::monotonic_coarse_ns(), Ordering::Relaxed);
+                t.unseen_at(self.slot).store(procfs::kernel_monotonic_coarse_ns(), Ordering::Relaxed);
             }
         }
         if !self.beaten.load(Ordering::Relaxed) {

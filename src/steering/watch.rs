@@ -134,9 +134,10 @@ fn overload_every(threshold: Duration) -> Duration {
     threshold * 2
 }
 
-/// Now, on both clocks: std's Instant for the watch's memory, and CLOCK_MONOTONIC_COARSE
-/// nanoseconds for the stamps the program and the workers leave in the table (to within
-/// a jiffy: a verdict may come that much before the threshold).
+/// Now, on both clocks: std's Instant for the watch's memory, and the kernel's
+/// CLOCK_MONOTONIC_COARSE nanoseconds for the stamps the program and the workers leave in
+/// the table (to within a jiffy: a verdict may come that much before the threshold; in a
+/// time namespace, without its offset, as the program's helper reads it).
 struct Clock {
     now: Instant,
     now_ns: u64,
@@ -144,7 +145,7 @@ struct Clock {
 
 impl Clock {
     fn now() -> Clock {
-        Clock { now: Instant::now(), now_ns: procfs::monotonic_coarse_ns() }
+        Clock { now: Instant::now(), now_ns: procfs::kernel_monotonic_coarse_ns() }
     }
 
     /// A stamp (0: none) as an Instant; one from the future (the clocks are read a few

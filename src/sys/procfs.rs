@@ -46,10 +46,40 @@ pub(crate) fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
-/// CLOCK_MONOTONIC_COARSE in nanoseconds (the last jiffy's): the clock of the program's
-/// bpf_ktime_get_coarse_ns(), and cheap enough for a heartbeat.
-pub(crate) fn monotonic_coarse_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+/// The kernel's CLOCK_MONOTONIC_COARSE in nanoseconds (the last jiffy's): the clock of
+/// the program's bpf_ktime_get_coarse_ns(), and cheap enough for a heartbeat. In a time
+/// namespace clock_gettime() is offset and the program's helper is not, so the
+/// namespace's offset (timens_offsets) is taken off.
+pub(crate) fn kernel_monotonic_coarse_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE).wrapping_add_signed(-timens_monotonic_offset_ns())
+}
+
+/// This process's time namespace's CLOCK_MONOTONIC offset, in nanoseconds (0 outside one,
+/// or without CONFIG_TIME_NS). Read once per process: a namespace's offsets are fixed once
+/// a process is in it (a child forked after unshare(CLONE_NEWTIME) reads its own).
+fn timens_monotonic_offset_ns() -> i64 {
+    use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::Relaxed};
+    static READ_BY: AtomicU32 = AtomicU32::new(0);
+    static OFFSET: AtomicI64 = AtomicI64::new(0);
+    let me = std::process::id();
+    if READ_BY.load(Relaxed) != me {
+        OFFSET.store(read_timens_monotonic_offset().unwrap_or(0), Relaxed);
+        READ_BY.store(me, Relaxed);
+    }
+    OFFSET.load(Relaxed)
+}
+
+fn read_timens_monotonic_offset() -> Option<i64> {
+    parse_timens_monotonic(&std::fs::read_to_string("/proc/self/timens_offsets").ok()?)
+}
+
+/// The monotonic line of timens_offsets ("monotonic <secs> <nanosecs>").
+fn parse_timens_monotonic(text: &str) -> Option<i64> {
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some("monotonic"))?;
+    let mut f = line.split_whitespace().skip(1);
+    let secs: i64 = f.next()?.parse().ok()?;
+    let nanos: i64 = f.next()?.parse().ok()?;
+    Some(secs * 1_000_000_000 + nanos)
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
@@ -57,4 +87,23 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime fills the timespec it is given.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod timens_tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_offset_is_read_from_timens_offsets() {
+        let text = "monotonic     -35016         0\nboottime      -35016         0\n";
+        assert_eq!(parse_timens_monotonic(text), Some(-35_016_000_000_000));
+        let ahead = "monotonic   315360000  500\nboottime 0 0\n";
+        assert_eq!(parse_timens_monotonic(ahead), Some(315_360_000_000_000_500));
+        assert_eq!(parse_timens_monotonic("boottime 0 0\n"), None);
+        // Outside a namespace the kernel's clock is the process's.
+        let (ours, kernel) = (clock_ns(libc::CLOCK_MONOTONIC_COARSE), kernel_monotonic_coarse_ns());
+        if read_timens_monotonic_offset().unwrap_or(0) == 0 {
+            assert!(kernel.abs_diff(ours) < 100_000_000);
+        }
+    }
 }
