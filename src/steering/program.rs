@@ -15,10 +15,11 @@
 //! chosen socket is gone (its process died, its listener closed), or nothing is listed
 //! and there is no fallback, or some worker could not get a slot (it then gets its share
 //! from the kernel's hash like every other), it returns SK_PASS without a choice and the
-//! kernel hashes over the whole group: a connection is never refused. A selection bumps the slot's arrival
-//! counter, which also tells the master's watch, without a system call, that connections
-//! arrive; the first one since the owner's last heartbeat also stamps its arrival time
-//! (bpf_ktime_get_coarse_ns()), from which the watch times a stall (watch.rs).
+//! kernel hashes over the whole group: a connection is never refused. A selection bumps
+//! the slot's arrival counter, which also tells the master's watch, without a system call,
+//! that connections arrive; the first one since the owner's last heartbeat also stamps
+//! its arrival time (bpf_ktime_get_coarse_ns()), from which the watch times a stall
+//! (watch.rs).
 //!
 //! About 120 instructions, of which a connection runs at most 86, whatever the number of
 //! workers: no loop, and the verifier walks a handful of paths.

@@ -232,10 +232,10 @@ fn track_unseen(m: &mut SlotMemory, advanced: bool, obs: &Observation, now: Inst
 }
 
 impl SlotMemory {
-    /// How long connections sent to it since its last heartbeat have waited, at least
-    /// (from the first tick that saw them); None when there are none.
-    pub(crate) fn unseen_for(&self, now: Instant) -> Option<Duration> {
-        self.unseen_since.map(|since| now.saturating_duration_since(since))
+    /// Since when connections sent to it since its last heartbeat have waited, at least;
+    /// None when there are none.
+    pub(crate) fn unseen_since(&self) -> Option<Instant> {
+        self.unseen_since
     }
 
     /// The heartbeat count this memory last saw.

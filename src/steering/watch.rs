@@ -13,9 +13,10 @@
 //!   (emptied by the rescue) would make it look idle and it would be chosen again.
 //! - *overloaded*: its heartbeat moves but its queue grew at OVERLOAD_READINGS readings in
 //!   a row (under traffic the queues are read every two thresholds: eight thresholds,
-//!   400 ms at the default) and holds at least 16 and twice the group's typical queue (on a host
-//!   where every worker's queue grows, steering around one helps nothing); it is back when
-//!   the queue has shrunk to half, whether or not it beats (an idle worker does not).
+//!   400 ms at the default) and holds at least 16 and twice the group's typical queue (on
+//!   a host where every worker's queue grows, steering around one helps nothing); it is
+//!   back when the queue has shrunk to half, whether or not it beats (an idle worker does
+//!   not).
 //!   The load-aware choice (program.rs) reacts per connection; this verdict is the slower
 //!   backstop for a worker that keeps falling behind.
 //! - A worker that never called reuseport_heartbeat() is not judged (a server that does not
@@ -204,7 +205,7 @@ impl WatchState {
                 let since = match clock.instant(t.unseen_at(i).load(Ordering::Relaxed)) {
                     Some(at) => at,
                     // No stamp: timed from the first tick that saw them, as judge() does.
-                    None if still => m.unseen_for(now).map_or(now, |d| now - d),
+                    None if still => m.unseen_since().unwrap_or(now),
                     None => now,
                 };
                 let verdict_at = since + threshold;

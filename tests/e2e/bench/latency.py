@@ -52,15 +52,17 @@ def add_arguments(p):
     p.add_argument("--storm-seconds", type=float, default=10, help="length of the reload storm")
 
 
+def nginx_prefix(args, server):
+    """The install prefix an nginx server of the table runs from."""
+    return {NOSTEER: args.patched, ALT: args.alt}.get(server) or getattr(args, server.split()[1])
+
+
 def server_args(args, server):
     if server == "rpserver":
         return ["rpserver", "--binary", args.rpserver, "--strategy", "bpf"]
-    kind = server.split()[1]
-    if server == NOSTEER:
-        return ["nginx", "--prefix", args.patched, "--kind", "patched", "--steering", "off"]
-    if server == ALT:
-        return ["nginx", "--prefix", args.alt, "--kind", "patched"]
-    return ["nginx", "--prefix", getattr(args, kind), "--kind", kind]
+    kind = "patched" if server in (NOSTEER, ALT) else server.split()[1]
+    steering = ["--steering", "off"] if server == NOSTEER else []
+    return ["nginx", "--prefix", nginx_prefix(args, server), "--kind", kind, *steering]
 
 
 def scenario_of(server, scenario):
@@ -91,8 +93,7 @@ def main(args):
         if s == "rpserver":
             binary = args.rpserver
         else:
-            prefix = {NOSTEER: args.patched, ALT: args.alt}.get(s) or getattr(args, s.split()[1])
-            binary = os.path.join(prefix, "sbin", "nginx")
+            binary = os.path.join(nginx_prefix(args, s), "sbin", "nginx")
         if not os.access(binary, os.X_OK):
             print(f"{binary} not found: run scripts/build.sh and scripts/build-nginx.sh", file=sys.stderr)
             return 2
