@@ -20,7 +20,14 @@ PORT = 8080
 def unprivileged(srv, ctx):
     """A master running as nobody, handed the migration program by a root launcher across
     exec, reloads 3 times and upgrades (its new binary gets the program across exec too):
-    zero failures with the sysctl at 0."""
+    zero failures with the sysctl at 0, but for the kernel's close-instant race.
+
+    Without CAP_BPF the master cannot create the steering program's maps, so its groups run
+    the plain migration program (it says so at start): queues and half-open requests
+    migrate, but a leaving socket stays in the kernel's hash until its close, and a
+    handshake completing on it in the microseconds of that close is reset, as with the
+    sysctl strategy (docs/design.md, "Handing the program over"). Such resets, in flight
+    at a logged close, are excused; any other failure is not."""
     check(ctx.args.launcher, "needs --launcher")
     if os.getuid() != 0:
         raise Skip("needs root: a root launcher loads the program a nobody master is handed")
@@ -34,6 +41,10 @@ def unprivileged(srv, ctx):
     srv.start(prefix=[ctx.args.launcher, "RPSERVER_REUSEPORT_PROGRAM_FD", "nobody"])
     master = srv.master()
     check(uid_of(master) == 65534, f"the master runs as uid {uid_of(master)}")
+    check(any("no health-aware steering" in line for line in srv.log_lines()),
+          "the nobody master did not log that it runs without steering: if it steers now, "
+          "the close-race excuse below no longer applies")
+    srv.close_race_possible = True
     load = ctx.load(BOTH)
     time.sleep(0.5)
     for _ in range(3):
