@@ -296,7 +296,9 @@ fn one_64_and_1024_workers_each_get_their_share() {
         let ws = workers(&s, n);
         assert!(ws.iter().all(|(_, c)| c.is_ok()), "{n} workers fit the default table");
         let ls: Vec<&TcpListener> = ws.iter().map(|(l, _)| l).collect();
-        let per = if n == 1 { 50 } else { 6 };
+        // The choice is a hash of the 4-tuple: with 16 a worker on average, one left with
+        // none is e^-16 likely per worker (6 left one of 1024 idle in about 1 run in 20).
+        let per = if n == 1 { 50 } else { 16 };
         let got = serve_round(s.addr, &ls, per);
         assert_eq!(got.iter().sum::<usize>(), per * n, "every connection served");
         let idle = got.iter().filter(|&&g| g == 0).count();
