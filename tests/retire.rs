@@ -228,3 +228,79 @@ fn a_worker_waits_in_the_choice_until_its_successor_is_eligible() {
     assert_eq!(state(&new), vec![SlotState::Healthy], "only the successor's slot is left");
     drop(w2);
 }
+
+#[test]
+fn a_reload_keeps_the_old_workers_in_the_choice_until_enough_new_ones_are_eligible() {
+    if !root_or_skip("a_reload_keeps_the_old_workers_in_the_choice_until_enough_new_ones_are_eligible") {
+        return;
+    }
+    let (mut old, addr) = master(Strategy::Bpf, Some(Duration::from_millis(50)));
+    let mut w1 = worker(&old, addr);
+    let w2 = worker(&old, addr);
+    old.release().unwrap();
+    w1.heartbeat();
+    w2.heartbeat();
+    // A reload: a newer generation of three, one of them beating so far.
+    let mut new = Set::new();
+    new.add_spec(&addr.to_string()).unwrap();
+    new.inherit(&old).unwrap();
+    new.master_open().unwrap();
+    let (n1, n2, n3) = (worker(&new, addr), worker(&new, addr), worker(&new, addr));
+    new.release().unwrap();
+    n1.heartbeat();
+    let retiring = |s: &Set| s.slots(0).unwrap().iter().filter(|x| x.state == SlotState::Retiring).count();
+    // One new worker eligible against two old ones in the choice, two more starting: the
+    // old worker stays in the choice (and serves) rather than piling every connection on n1.
+    for _ in 0..3 {
+        assert!(matches!(step(&mut w1, None), Progress::Again(d) if d <= Duration::from_millis(2)));
+        assert_eq!(retiring(&new), 0, "left the choice with one successor of three eligible");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (l1, ln1) = (listener_of(&w1), listener_of(&n1));
+    let clients: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(accept_all(&l1) > 0, "a worker waiting for its successors still gets connections");
+    accept_all(&ln1);
+    // As many new workers eligible as old ones in the choice: it leaves, though n3 is not in.
+    n2.heartbeat();
+    assert!(matches!(step(&mut w1, None), Progress::Again(_)));
+    assert_eq!(retiring(&new), 1, "two successors eligible for two old workers: it leaves the choice");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Progress::Again(d) = step(&mut w1, None) {
+        assert!(Instant::now() < deadline, "the retire never finished");
+        std::thread::sleep(d);
+    }
+    drop((clients, w2, n1, n2, n3));
+}
+
+#[test]
+fn a_reload_to_fewer_workers_lets_the_old_ones_leave_once_all_new_ones_are_in() {
+    if !root_or_skip("a_reload_to_fewer_workers_lets_the_old_ones_leave_once_all_new_ones_are_in") {
+        return;
+    }
+    let (mut old, addr) = master(Strategy::Bpf, Some(Duration::from_millis(50)));
+    let mut w1 = worker(&old, addr);
+    let w2 = worker(&old, addr);
+    let w3 = worker(&old, addr);
+    old.release().unwrap();
+    for w in [&w1, &w2, &w3] {
+        w.heartbeat();
+    }
+    let mut new = Set::new();
+    new.add_spec(&addr.to_string()).unwrap();
+    new.inherit(&old).unwrap();
+    new.master_open().unwrap();
+    let retiring = |s: &Set| s.slots(0).unwrap().iter().filter(|x| x.state == SlotState::Retiring).count();
+    // The new generation is opened, none of its workers is in yet: wait.
+    assert!(matches!(step(&mut w1, None), Progress::Again(d) if d <= Duration::from_millis(2)));
+    assert_eq!(retiring(&new), 0);
+    // Its only worker: one eligible for three old ones, and nobody else starting.
+    let n1 = worker(&new, addr);
+    new.release().unwrap();
+    assert!(matches!(step(&mut w1, None), Progress::Again(d) if d <= Duration::from_millis(2)));
+    assert_eq!(retiring(&new), 0, "its one successor has not beaten yet");
+    n1.heartbeat();
+    assert!(matches!(step(&mut w1, None), Progress::Again(_)));
+    assert_eq!(retiring(&new), 1, "the whole new generation is in: it leaves the choice");
+    drop((w2, w3, n1));
+}

@@ -26,8 +26,12 @@
 //! 1. Leaving the steering program's choice (steered groups): a sibling that is coming (a
 //!    reload's new workers starting) is waited for, at most STEER_PATIENCE, while this
 //!    socket stays in the choice (without an eligible sibling the program would fall back
-//!    to the kernel's hash, over sockets whose workers may not accept yet); then it leaves
-//!    the choice, and STEER_GAP lets handshakes that chose it just before complete into
+//!    to the kernel's hash, over sockets whose workers may not accept yet). So is a
+//!    reload's new generation until as many of its workers are eligible as the old
+//!    generations keep in the choice, or all of it is in (Steering::successors_pending):
+//!    the old workers still serve, and leaving to the first few new ones would pile every
+//!    new connection on them while the rest start (measured with 100 workers). Then it
+//!    leaves the choice, and STEER_GAP lets handshakes that chose it just before complete into
 //!    the queue, which migrates whole (STEER_GAP_UNSERVED, shorter, when nobody accepts
 //!    from the socket any more: its queue waits for the close). With a taker
 //!    (`hand_over`), what arrives meanwhile is accepted and handed over instead of
@@ -277,13 +281,19 @@ impl Retirement {
                         self.handed_over += accept_queued(listeners, h);
                     }
                     let found = siblings(listeners);
-                    if found == Siblings::Coming && now < patience {
+                    if matches!(found, Siblings::Coming | Siblings::Filling) && now < patience {
                         return Progress::Again(RECHECK);
                     }
                     for c in listeners.iter().filter_map(|l| l.claim.as_ref()) {
                         c.mark_retiring();
                     }
-                    self.phase = if found == Siblings::Eligible {
+                    if found == Siblings::Filling {
+                        log::emit(
+                            Level::Debug,
+                            "retire: the new generation was not all in after the patience; leaving the choice to those that are",
+                        );
+                    }
+                    self.phase = if matches!(found, Siblings::Eligible | Siblings::Filling) {
                         let gap = if hand_over.is_some() { STEER_GAP } else { STEER_GAP_UNSERVED };
                         Phase::LeavingChoice { gap: now + gap }
                     } else {
@@ -428,6 +438,8 @@ fn after(then: AfterClose, now: Instant) -> Phase {
 enum Siblings {
     /// Every steered listener has an eligible sibling (or some do and no other is coming).
     Eligible,
+    /// As Eligible, but a newer generation is still taking over (successors_pending).
+    Filling,
     /// Some listener has none yet, and one is coming (a slot being claimed, a fresh open).
     Coming,
     /// No listener has an eligible sibling and none is coming.
@@ -450,7 +462,11 @@ fn siblings(listeners: &[Listener]) -> Siblings {
     if waiting > 0 && coming {
         Siblings::Coming
     } else if waiting < claims.len() {
-        Siblings::Eligible
+        if claims.iter().any(|c| c.steering.successors_pending(c.slot)) {
+            Siblings::Filling
+        } else {
+            Siblings::Eligible
+        }
     } else {
         Siblings::NoneComing
     }

@@ -52,7 +52,7 @@ mod tests;
 
 pub use slots::{capacity_for, SlotState, SlotStatus, Table};
 use slots::{servable, state_of, Group, Layout, OVERFLOW};
-use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_RETIRING, FLAG_WARMING};
+use slots::{FLAG_CLAIMED, FLAG_MEMBER, FLAG_OVERLOADED, FLAG_RETIRING, FLAG_STALE, FLAG_WARMING};
 
 /// One group's steering context.
 pub struct Steering {
@@ -134,7 +134,37 @@ impl Steering {
 
     /// The master opened a socket of this group: its first worker will claim a slot soon.
     pub fn note_open(&self) {
+        self.table.generation().fetch_add(1, Ordering::AcqRel);
         self.table.opened_at_ms().store(procfs::monotonic_ms(), Ordering::Release);
+    }
+
+    /// Whether a newer generation of the group (a reload's workers) is still taking over
+    /// from `slot`'s: the master opened one since `slot` was claimed, and fewer of its
+    /// slots are eligible than this and older generations keep in the choice, while more
+    /// of them are on the way (claimed, not yet beating) or none is eligible yet. A
+    /// smaller new generation (fewer workers) replaces the old once all of it is in.
+    /// Another binary's workers (an upgrade) are not in this table and are not waited for.
+    pub fn successors_pending(&self, slot: usize) -> bool {
+        let t = &self.table;
+        let mine = t.claimed_in(slot).load(Ordering::Acquire);
+        if t.generation().load(Ordering::Acquire).wrapping_sub(mine) as i32 <= 0 {
+            return false;
+        }
+        let (mut newer_eligible, mut newer_starting, mut older_in_choice) = (0usize, 0usize, 0usize);
+        for i in 0..t.high() {
+            let f = t.flags(i).load(Ordering::Acquire);
+            if f & FLAG_CLAIMED == 0 || f & FLAG_RETIRING != 0 {
+                continue;
+            }
+            if (t.claimed_in(i).load(Ordering::Acquire).wrapping_sub(mine) as i32) <= 0 {
+                older_in_choice += 1;
+            } else if slots::eligible(f) {
+                newer_eligible += 1;
+            } else if f & (FLAG_STALE | FLAG_OVERLOADED) == 0 {
+                newer_starting += 1;
+            }
+        }
+        newer_eligible < older_in_choice && (newer_starting > 0 || newer_eligible == 0)
     }
 
     /// Whether another socket of the group may become eligible soon: a slot other than
@@ -192,6 +222,7 @@ impl Steering {
         t.fd(slot).store(sock.as_raw_fd(), Ordering::Relaxed);
         t.inode(slot).store(inode, Ordering::Relaxed);
         t.backlog(slot).store(backlog, Ordering::Relaxed);
+        t.claimed_in(slot).store(t.generation().load(Ordering::Acquire), Ordering::Release);
         if let Err(e) = bpf::sockarray_set(self.sockarray(), slot as u32, sock) {
             t.pid(slot).store(0, Ordering::Relaxed);
             t.replace_flags(slot, FLAG_CLAIMED, 0);

@@ -18,12 +18,14 @@
 //!               beating: u32  a worker of this group has beaten (new slots warm up)
 //!               lock_at_ms: u64, opened_at_ms: u64
 //!               fallback: u32  sockets of another binary in the sockarray after the slots
+//!               generation: u32  bumped by each master open (a reload's, the first's)
 //! hot[cap]      per slot, 16 bytes, one cache line for four slots:
 //!               flags, arrivals (program bumps), seen (arrivals at the owner's last
 //!               heartbeat), load (the owner's published figure)
 //! list[2][cap]  the two halves of the eligible list (eligible.rs)
 //! beats[cap] inode[cap] unseen_at[cap]: u64;  pid[cap] fd[cap] backlog[cap] queue[cap]: u32
 //! overflow[64]  pids of workers the table could not hold
+//! claimed_in[cap]: u32  the generation current when the slot was claimed
 //! ```
 
 use std::os::fd::BorrowedFd;
@@ -35,7 +37,7 @@ use crate::sys::shared::SharedMemory;
 /// (a reload or an upgrade) of 2,048 workers.
 pub const DEFAULT_CAPACITY: usize = 4096;
 /// The most slots a table may have: a map value stays well under the kernel's 4 MiB
-/// limit for an array map's value (64 bytes a slot).
+/// limit for an array map's value (68 bytes a slot).
 pub const MAX_CAPACITY: usize = 32768;
 /// The fewest: a reload may raise a small server to 32 workers without outgrowing it.
 pub const MIN_CAPACITY: usize = 64;
@@ -88,6 +90,7 @@ const BEATING: usize = 28;
 const LOCK_AT: usize = 32;
 const OPENED_AT: usize = 40;
 pub(crate) const FALLBACK: usize = 48;
+const GENERATION: usize = 52;
 /// Where the per-slot hot records start.
 pub(crate) const HOT: usize = 64;
 /// Size of a hot record, and the offsets in it.
@@ -112,6 +115,7 @@ pub(crate) struct Layout {
     backlog: usize,
     queue: usize,
     overflow: usize,
+    claimed_in: usize,
     /// The table's size in bytes: the value size of its map.
     pub size: usize,
 }
@@ -128,8 +132,9 @@ impl Layout {
         let backlog = fd + 4 * cap;
         let queue = backlog + 4 * cap;
         let overflow = queue + 4 * cap;
-        let size = (overflow + 4 * OVERFLOW).next_multiple_of(8);
-        Layout { cap, list, beats, inode, unseen_at, pid, fd, backlog, queue, overflow, size }
+        let claimed_in = overflow + 4 * OVERFLOW;
+        let size = (claimed_in + 4 * cap).next_multiple_of(8);
+        Layout { cap, list, beats, inode, unseen_at, pid, fd, backlog, queue, overflow, claimed_in, size }
     }
 }
 
@@ -313,6 +318,17 @@ impl Table {
         self.mem.u64_at(OPENED_AT)
     }
 
+    /// The group's generation: bumped by each master open, so a reload's workers claim
+    /// their slots in a newer one than the workers they replace.
+    pub fn generation(&self) -> &AtomicU32 {
+        self.mem.u32_at(GENERATION)
+    }
+
+    /// The generation current when the slot was claimed.
+    pub fn claimed_in(&self, slot: usize) -> &AtomicU32 {
+        self.mem.u32_at(self.layout.claimed_in + 4 * self.check(slot))
+    }
+
     // ---- flag changes: each keeps the eligible list in step --------------------------------
 
     /// Sets `bits` in the slot's flags.
@@ -434,7 +450,8 @@ mod tests {
             lock_at: u64,
             opened_at: u64,
             fallback: u32,
-            _pad2: [u32; 3],
+            generation: u32,
+            _pad2: [u32; 2],
             hot: [Hot; CAP],
             list: [[u32; CAP]; 2],
             beats: [u64; CAP],
@@ -445,12 +462,14 @@ mod tests {
             backlog: [i32; CAP],
             queue: [u32; CAP],
             overflow: [u32; OVERFLOW],
+            claimed_in: [u32; CAP],
         }
         let l = Layout::new(CAP);
         assert_eq!(std::mem::offset_of!(AsStruct, passed), PASSED);
         assert_eq!(std::mem::offset_of!(AsStruct, beating), BEATING);
         assert_eq!(std::mem::offset_of!(AsStruct, opened_at), OPENED_AT);
         assert_eq!(std::mem::offset_of!(AsStruct, fallback), FALLBACK);
+        assert_eq!(std::mem::offset_of!(AsStruct, generation), GENERATION);
         assert_eq!(std::mem::offset_of!(AsStruct, hot), HOT);
         assert_eq!(std::mem::offset_of!(Hot, load), HOT_LOAD);
         assert_eq!(std::mem::offset_of!(AsStruct, list), l.list);
@@ -458,6 +477,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AsStruct, unseen_at), l.unseen_at);
         assert_eq!(std::mem::offset_of!(AsStruct, queue), l.queue);
         assert_eq!(std::mem::offset_of!(AsStruct, overflow), l.overflow);
+        assert_eq!(std::mem::offset_of!(AsStruct, claimed_in), l.claimed_in);
         assert_eq!(std::mem::size_of::<AsStruct>(), l.size);
     }
 
