@@ -147,6 +147,8 @@ static struct other_kind other_kinds[MAX_OTHER_KINDS];
 static size_t nother_kinds;
 
 static uint64_t *timeline; /* ok completions per bucket; NULL when off    */
+static uint64_t *timeline_slow; /* ...of which took at least slow_ns          */
+static int64_t slow_ns = 20 * 1000000LL;
 static size_t ntimeline;
 static int64_t timeline_ns;
 
@@ -225,6 +227,8 @@ static void usage(FILE *out) {
         "      --timeline MS     count ok completions per MS-wide bucket of completion\n"
         "                        time since the start (JSON \"timeline\"; 0 = off, the\n"
         "                        default; max %ld)\n"
+        "      --slow-ms MS      with --timeline, also count per bucket the ok completions\n"
+        "                        that took at least MS (JSON \"timeline_slow\"; default 20)\n"
         "      --slow-every N    every Nth request asks for --slow-path instead of /\n"
         "      --slow-path PATH  e.g. \"/block?ms=20\" (rpserver's slow requests)\n"
         "      --until-file PATH also stop starting requests once PATH exists\n"
@@ -241,7 +245,8 @@ static void usage(FILE *out) {
         "The JSON output gives the start as t0_ns (CLOCK_MONOTONIC nanoseconds, as\n"
         "Python's time.monotonic_ns()); with --timeline also \"timeline_ms\" and\n"
         "\"timeline\": [ok completions in [t0 + i*MS, t0 + (i+1)*MS) for each i], up to\n"
-        "the end of the run (the drain after the stop included). \"failures\" lists\n"
+        "the end of the run (the drain after the stop included), and \"timeline_slow\"\n"
+        "(those of them that took at least --slow-ms). \"failures\" lists\n"
         "the first %d failures: kind, phase, start_ns and end_ns (since t0).\n"
         "After the stop, requests in flight get at most -t ms, then count as timeout.\n"
         "SIGINT/SIGTERM also stop new requests and print the summary; a second one\n"
@@ -482,8 +487,11 @@ static void finish(int i, enum kind k, int err, const char *other_name, const ch
     finished++;
     if (k == K_OK && timeline && now >= t0_ns) {
         uint64_t b = (uint64_t)((now - t0_ns) / timeline_ns);
-        if (b < ntimeline) /* sized for the whole run: always true */
+        if (b < ntimeline) { /* sized for the whole run: always true */
             timeline[b]++;
+            if (now - s->start_ns >= slow_ns)
+                timeline_slow[b]++;
+        }
     }
     if (k == K_OTHER)
         note_other(other_name ? other_name : (err ? errno_name(err) : "unknown"));
@@ -855,6 +863,7 @@ int main(int argc, char **argv) {
         {"quiet-errors", no_argument, NULL, 'q'},
         {"until-file", required_argument, NULL, 'U'},
         {"timeline", required_argument, NULL, 'T'},
+        {"slow-ms", required_argument, NULL, 'W'},
         {"slow-every", required_argument, NULL, 'S'},
         {"slow-path", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
@@ -940,6 +949,14 @@ int main(int argc, char **argv) {
             }
             timeline_ms = (long)v;
             break;
+        case 'W':
+            if (!parse_u64(optarg, 1, 600000, &v)) {
+                fprintf(stderr, "loadclient: bad --slow-ms '%s' (1..600000)\n", optarg);
+                usage(stderr);
+                return 2;
+            }
+            slow_ns = (int64_t)v * 1000000LL;
+            break;
         case 'h':
             usage(stdout);
             return 2;
@@ -997,8 +1014,9 @@ int main(int argc, char **argv) {
         timeline_ns = (int64_t)timeline_ms * 1000000LL;
         ntimeline = (size_t)((duration * 1000.0 + (double)timeout_ms) / (double)timeline_ms) + 2;
         timeline = calloc(ntimeline, sizeof *timeline);
+        timeline_slow = calloc(ntimeline, sizeof *timeline_slow);
     }
-    if (!slots || !free_stack || !bufs || !reservoir || !evs || (timeline_ms && !timeline)) {
+    if (!slots || !free_stack || !bufs || !reservoir || !evs || (timeline_ms && (!timeline || !timeline_slow))) {
         perror("loadclient: malloc");
         return 1;
     }
@@ -1206,6 +1224,9 @@ int main(int argc, char **argv) {
             printf(",\"timeline_ms\":%ld,\"timeline\":[", timeline_ms);
             for (size_t i = 0; i < n; i++)
                 printf("%s%" PRIu64, i ? "," : "", timeline[i]);
+            printf("],\"slow_ms\":%" PRId64 ",\"timeline_slow\":[", (int64_t)(slow_ns / 1000000));
+            for (size_t i = 0; i < n; i++)
+                printf("%s%" PRIu64, i ? "," : "", timeline_slow[i]);
             putchar(']');
         }
         printf("}\n");
@@ -1233,6 +1254,7 @@ int main(int argc, char **argv) {
     free(evs);
     free(reservoir);
     free(timeline);
+    free(timeline_slow);
     free(bufs);
     free(free_stack);
     free(slots);

@@ -55,6 +55,8 @@ class Context:
         rate = self.args.rate if rate is None else min(rate, self.args.rate or rate)
         if self.args.pin and kw.get("cpus") is None:
             kw["cpus"] = cpu_split()[0]
+        if self.args.timeline and not kw.get("timeline_ms"):
+            kw["timeline_ms"] = self.args.timeline
         load = Load(self.args.client, self.srv.dir, targets or self.srv.listens,
                     concurrency=concurrency or self.args.concurrency, rate=rate, quiet=False, **kw)
         self.loads.append(load)
@@ -81,6 +83,9 @@ def arguments(scenarios):
     common.add_argument("--pin", action="store_true",
                         help="the load client on one CPU and the server on the others (benchmarks)")
     common.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log) even when passing")
+    common.add_argument("--timeline", type=int, default=0, metavar="MS",
+                        help="the load client counts completions, and those of 20 ms or more, per MS-wide "
+                             "bucket; the results line also gets the signals sent (s since the load started)")
     common.add_argument("scenario", choices=sorted(scenarios))
     servers = p.add_subparsers(dest="server", required=True)
     rp = servers.add_parser("rpserver", parents=[common], help="c-examples/server")
@@ -177,6 +182,8 @@ def run(args, sc, srv, ctx, name):
         if ctx.figures:
             print(f"{name}: {verdict.describe_stall(ctx.figures)}")
         record.update(in_flight_at_death=dead, in_flight_slack=slack, **r, **ctx.figures, **ctx.measured)
+        if args.timeline and ctx.loads:
+            record["signals"] = [(round(t - ctx.loads[0].started, 3), what) for t, what in srv.timeline]
         # Connections a closing listener handed to a sibling (queued or half-open): what
         # leaving workers did not serve themselves.
         k = tcp_ext(["TCPMigrateReqSuccess", "TCPMigrateReqFailure"])
