@@ -3,7 +3,7 @@
 # scenario of the end-to-end tests in its own network namespace: needs root. Prints
 # Markdown tables on stdout, progress on stderr.
 #
-# Usage: scripts/bench.sh loss|nginx|stall|latency [options]      (--help after one for its options)
+# Usage: scripts/bench.sh loss|nginx|stall|latency|bind [options]      (--help after one for its options)
 #   loss   rpserver's lifecycle scenarios under load with each strategy (none, drain with and
 #          without the backlog shrink, sysctl, bpf), side by side over several rounds:
 #          failures per 100k connections.   [--rounds N] [--scenarios a,b] [--strategies x,y]
@@ -18,6 +18,8 @@
 #          a reload storm, worker-count changes and an upgrade: stock nginx, patched nginx
 #          and rpserver side by side, and the patched / stock ratios.
 #          [--rounds N] [--scenarios a,b] [--servers x,y] [--storm-seconds S]
+#   bind   what a worker's bind() of its own socket costs on a port with TIME_WAIT sockets,
+#          with listeners of one address family or both.   [--time-wait 0,5000,20000]
 #
 # It builds first what the benchmark needs: scripts/build.sh, and scripts/build-nginx.sh for
 # nginx and stall. scripts/bench-loss.sh, bench-nginx.sh and bench-stall.sh are the same
@@ -31,6 +33,7 @@ benchmark=$1
 shift
 case "$benchmark" in
     loss) scripts/build.sh >/dev/null ;;
+    bind) ;;
     nginx|stall|latency) scripts/build.sh >/dev/null; scripts/build-nginx.sh >&2 ;;
     -h|--help) usage 0 ;;
     *) echo "bench.sh: unknown benchmark: $benchmark" >&2; usage 2 >&2 ;;

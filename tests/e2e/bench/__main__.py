@@ -1,11 +1,11 @@
-"""python3 -m e2e.bench loss|nginx|stall|latency [options]: see e2e/bench/__init__.py."""
+"""python3 -m e2e.bench loss|nginx|stall|latency|bind [options]: see e2e/bench/__init__.py."""
 
 import argparse
 import sys
 
-from . import latency, loss, nginx, stall
+from . import bind, latency, loss, nginx, stall
 
-BENCHMARKS = {"loss": loss, "nginx": nginx, "stall": stall, "latency": latency}
+BENCHMARKS = {"loss": loss, "nginx": nginx, "stall": stall, "latency": latency, "bind": bind}
 
 
 def main():

@@ -23,9 +23,10 @@ import time
 from ..servers.nginx import NginxBuild
 from .runs import default, failed_of, require_root, run_scenario
 
-SCENARIOS = ["steady", "reload10", "reload_storm", "workers_change", "upgrade", "reload100w"]
-# nginx's alone: 100 workers through 3 reloads (scenarios/scale.py)
-NGINX_ONLY = {"reload100w"}
+SCENARIOS = ["steady", "reload10", "reload_storm", "workers_change", "upgrade", "reload100w", "workers200"]
+# nginx's alone (scenarios/scale.py): 100 workers through 3 reloads; 200 workers, no reload
+# (what the many workers cost by themselves, next to reload100w)
+NGINX_ONLY = {"reload100w", "workers200"}
 SERVERS = ["nginx stock", "nginx patched", "rpserver"]
 # Not in the default list: patched nginx with `reuseport_health_threshold 0` (steered, no
 # health verdicts: the master ticks once a second), to tell what the verdicts cost.

@@ -1,0 +1,118 @@
+"""What a worker's bind() of its own SO_REUSEPORT socket costs on a busy port: every
+worker of a reload's new generation binds one socket per address (stock nginx reuses the
+old sockets), and the kernel may walk every socket bound to the port, TIME_WAIT ones
+included, under the port's bind-hash lock, which the connections' accepts and closes on
+that port take too.
+
+In a private network namespace (root): one listener per address family asked for on port
+8080 of loopback, N connections closed by the server first (each leaves a TIME_WAIT socket
+on the server's side, as HTTP/1.0 or `Connection: close` does), then 30 sockets per family
+bound and listening; the median bind() and listen() times."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+BASE_PORT = 8080
+ADDR = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+BINDS = 30
+
+
+def add_arguments(p):
+    p.add_argument("--time-wait", default="0,5000,20000",
+                   help="comma-separated TIME_WAIT counts to measure at (default 0,5000,20000)")
+    p.add_argument("--inside", action="store_true", help="(internal: already in the namespace)")
+
+
+def reuseport_socket(family):
+    s = socket.socket(family)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return s
+
+
+def listener(family, port):
+    s = reuseport_socket(family)
+    s.bind((ADDR[family], port))
+    s.listen(4096)
+    return s
+
+
+def time_wait_on(port):
+    """TIME_WAIT sockets on the server's side of `port` (state 06 in /proc/net/tcp*)."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                n += state == "06" and int(local.rsplit(":", 1)[1], 16) == port
+    return n
+
+
+def measure(families, tw, port):
+    """{family name: (median bind us, median listen us)} with `tw` TIME_WAIT sockets on
+    `port`, after a listener of each of `families`; and how many TIME_WAIT sockets there were."""
+    first = {fam: listener(fam, port) for fam in families}
+    v4 = first[socket.AF_INET]
+    made = 0
+    while made < tw:
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = v4.accept()
+        a.close()  # the server closes first: its side goes to TIME_WAIT
+        c.close()
+        made += 1
+    out, keep = {}, []
+    for _ in range(BINDS):
+        for fam in families:
+            s = reuseport_socket(fam)
+            t0 = time.perf_counter()
+            s.bind((ADDR[fam], port))
+            t1 = time.perf_counter()
+            s.listen(128)
+            t2 = time.perf_counter()
+            keep.append(s)
+            out.setdefault(fam.name, []).append(((t1 - t0) * 1e6, (t2 - t1) * 1e6))
+    tw_seen = time_wait_on(port)
+    for s in keep + list(first.values()):
+        s.close()
+    med = {k: (sorted(b for b, _ in v)[len(v) // 2], sorted(l for _, l in v)[len(v) // 2]) for k, v in out.items()}
+    return med, tw_seen
+
+
+def inside(args):
+    counts = [int(x) for x in args.time_wait.split(",") if x]
+    rows, port = [], BASE_PORT
+    for both in (False, True):
+        families = (socket.AF_INET, socket.AF_INET6) if both else (socket.AF_INET,)
+        for tw in counts:
+            # A port of its own per row: the TIME_WAIT sockets of the last one stay behind.
+            port += 1
+            med, seen = measure(families, tw, port)
+            v6 = med.get("AF_INET6")
+            rows.append((("IPv4 and IPv6" if both else "IPv4 only"), seen, med["AF_INET"], v6))
+            print(f"  {rows[-1][0]}, {seen} TIME_WAIT: done", file=sys.stderr, flush=True)
+    print(f"{time.strftime('%Y-%m-%d')}, Linux {os.uname().release}; median of {BINDS} sockets per family; "
+          "the TIME_WAIT sockets are IPv4, on the server's side of the port "
+          "(those of each row's port; every row has a port of its own).\n")
+    print("| listeners on the port | TIME_WAIT | IPv4 bind us | IPv4 listen us | IPv6 bind us | IPv6 listen us |")
+    print("|---|---|---|---|---|---|")
+    for what, seen, (b4, l4), v6 in rows:
+        b6, l6 = (f"{v6[0]:.1f}", f"{v6[1]:.1f}") if v6 else ("-", "-")
+        print(f"| {what} | {seen} | {b4:.1f} | {l4:.1f} | {b6} | {l6} |")
+    return 0
+
+
+def main(args):
+    if args.inside:
+        return inside(args)
+    if os.geteuid() != 0:
+        print("bench bind: needs root (a private network namespace)", file=sys.stderr)
+        return 2
+    # Its own namespace: the TIME_WAIT sockets and the port are nobody else's.
+    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-m", "e2e.bench",
+           "bind", "--inside", "--time-wait", args.time_wait]
+    return subprocess.call(cmd)
