@@ -70,29 +70,16 @@ fn try_lock(t: &Table) -> bool {
     won
 }
 
-/// Writes the eligible slots of the oldest generation that has any into the other half and
-/// makes it current. With none, the warming ones (a reload's new workers about to serve)
-/// rather than the kernel's hash over every member, leaving ones included.
-///
-/// Why the oldest generation only: a reload's new workers start one after another (100 of
-/// them took 3 to 5 s under load on 2 CPUs), and a new worker's queue is its own. Listed
-/// as soon as they beat, they were sent connections that waited for them in a CPU run
-/// queue shared with the rest still starting, while the old workers, in their loops,
-/// could have served them: the p99 of the whole overlap went up, not only the reload's
-/// instant. So the new generation is listed once the old one has left the choice (its
-/// workers leave when as many new ones are ready, retire.rs), or has no eligible slot.
+/// Writes the eligible slots into the other half and makes it current. With none, the
+/// warming ones (a reload's new workers about to serve) rather than the kernel's hash over
+/// every member, leaving ones included.
 fn rebuild(t: &Table) {
     let half = (t.head().load(Acquire) & HEAD_HALF != 0) as usize;
     let next = 1 - half;
-    let now = t.generation().load(Acquire);
-    let age = |slot: usize| now.wrapping_sub(t.claimed_in(slot).load(Acquire));
-    let oldest = (0..t.high()).filter(|&s| eligible(t.flags(s).load(SeqCst))).map(age).max();
-    let of_oldest = |slot: usize, f: u32| eligible(f) && Some(age(slot)) == oldest;
-    let any_servable = |_: usize, f: u32| servable(f);
     let mut n = 0;
-    for listed in [&of_oldest as &dyn Fn(usize, u32) -> bool, &any_servable] {
+    for listed in [eligible as fn(u32) -> bool, servable] {
         for slot in 0..t.high() {
-            if listed(slot, t.flags(slot).load(SeqCst)) {
+            if listed(t.flags(slot).load(SeqCst)) {
                 t.list(next, n).store(slot as u32, Relaxed);
                 n += 1;
             }
@@ -141,39 +128,6 @@ mod tests {
         assert!(t.replace_flags(0, FLAG_CLAIMED | FLAG_MEMBER, 0));
         assert_eq!(current(&t), vec![3, 5]);
         assert_eq!(t.dirty().load(SeqCst), t.built().load(SeqCst));
-    }
-
-    #[test]
-    fn a_newer_generation_is_listed_once_the_older_one_has_left_the_choice() {
-        let t = anonymous(16);
-        t.generation().store(7, SeqCst);
-        live(&t, 0);
-        live(&t, 1);
-        // A reload: the master opens the next generation, whose workers claim 2 and 3.
-        t.generation().store(8, SeqCst);
-        for s in [2, 3] {
-            t.claimed_in(s).store(8, SeqCst);
-            live(&t, s);
-        }
-        for s in [0, 1] {
-            t.claimed_in(s).store(7, SeqCst);
-        }
-        t.set_flags(3, 0); // (a change, so that the list is built with the generations set)
-        assert_eq!(current(&t), vec![0, 1], "the old generation serves until it leaves");
-        t.set_flags(0, FLAG_STALE);
-        assert_eq!(current(&t), vec![1]);
-        t.set_flags(1, FLAG_RETIRING);
-        assert_eq!(current(&t), vec![2, 3], "nothing of the old generation is eligible");
-        t.clear_flags(0, FLAG_STALE);
-        assert_eq!(current(&t), vec![0], "an old worker that is back, not leaving, is listed first");
-        // Generations wrap: 0 is newer than u32::MAX.
-        t.generation().store(0, SeqCst);
-        t.claimed_in(0).store(u32::MAX, SeqCst);
-        for s in [2, 3] {
-            t.claimed_in(s).store(0, SeqCst);
-        }
-        t.set_flags(2, 0);
-        assert_eq!(current(&t), vec![0]);
     }
 
     #[test]
