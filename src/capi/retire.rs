@@ -54,9 +54,11 @@ pub extern "C" fn reuseport_set_set_drain(
 /// fd, or the fd reuseport_set_get_retire_fd() returns, is readable. Keep serving the connections
 /// you already accepted between calls, from your event loop or a timer.
 ///
-/// What it waits for, without blocking: with steering, that a sibling is eligible when one
-/// is coming (a reload's new workers, at most 300 ms) and that handshakes that chose this
-/// socket complete (10 ms); the close token, so that the sockets of one master close in
+/// What it waits for, without blocking: with steering, still in the program's choice and
+/// at most 300 ms, that a sibling is eligible when one is coming, and that a reload's new
+/// generation can take over (as many of its workers eligible as older ones still in the
+/// choice, or all of it in); out of the choice, that handshakes that chose this socket
+/// complete (10 ms); the close token, so that the sockets of one master close in
 /// turn (at most 200 ms, should a holder have died); 10 ms after its close, before the
 /// next process may close. With migration (bpf, sysctl) the kernel then moves the queues
 /// to the surviving members. With drain it accepts what is queued until the queue has
