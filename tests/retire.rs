@@ -45,6 +45,21 @@ fn worker(m: &Set, addr: SocketAddr) -> Set {
     w
 }
 
+/// A reload's set for `addr`: it takes the old set's steering context over and opens (a
+/// new generation).
+fn reload(old: &Set, addr: SocketAddr) -> Set {
+    let mut new = Set::new();
+    new.add_spec(&addr.to_string()).unwrap();
+    new.inherit(old).unwrap();
+    new.master_open().unwrap();
+    new
+}
+
+/// How many slots of the set's first group are out of the program's choice, leaving.
+fn retiring(set: &Set) -> usize {
+    set.slots(0).unwrap().iter().filter(|x| x.state == SlotState::Retiring).count()
+}
+
 fn listener_of(set: &Set) -> TcpListener {
     let l = TcpListener::from(set.fd(0).unwrap().try_clone_to_owned().unwrap());
     l.set_nonblocking(true).unwrap();
@@ -206,10 +221,7 @@ fn a_worker_waits_in_the_choice_until_its_successor_is_eligible() {
     let mut w1 = worker(&old, addr);
     old.release().unwrap();
     // A reload: the new set opens (a successor is coming) but no new worker runs yet.
-    let mut new = Set::new();
-    new.add_spec(&addr.to_string()).unwrap();
-    new.inherit(&old).unwrap();
-    new.master_open().unwrap();
+    let new = reload(&old, addr);
     let state = |s: &Set| s.slots(0).unwrap().iter().map(|x| x.state).collect::<Vec<_>>();
     assert!(matches!(step(&mut w1, None), Progress::Again(d) if d <= Duration::from_millis(2)));
     assert_eq!(state(&new), vec![SlotState::Healthy], "still in the choice: nobody else could take its connections");
@@ -241,14 +253,10 @@ fn a_reload_keeps_the_old_workers_in_the_choice_until_enough_new_ones_are_eligib
     w1.heartbeat();
     w2.heartbeat();
     // A reload: a newer generation of three, one of them beating so far.
-    let mut new = Set::new();
-    new.add_spec(&addr.to_string()).unwrap();
-    new.inherit(&old).unwrap();
-    new.master_open().unwrap();
+    let mut new = reload(&old, addr);
     let (n1, n2, n3) = (worker(&new, addr), worker(&new, addr), worker(&new, addr));
     new.release().unwrap();
     n1.heartbeat();
-    let retiring = |s: &Set| s.slots(0).unwrap().iter().filter(|x| x.state == SlotState::Retiring).count();
     // One new worker eligible against two old ones in the choice, two more starting: the
     // old worker stays in the choice (and serves) rather than piling every connection on n1.
     for _ in 0..3 {
@@ -286,11 +294,7 @@ fn a_reload_to_fewer_workers_lets_the_old_ones_leave_once_all_new_ones_are_in() 
     for w in [&w1, &w2, &w3] {
         w.heartbeat();
     }
-    let mut new = Set::new();
-    new.add_spec(&addr.to_string()).unwrap();
-    new.inherit(&old).unwrap();
-    new.master_open().unwrap();
-    let retiring = |s: &Set| s.slots(0).unwrap().iter().filter(|x| x.state == SlotState::Retiring).count();
+    let mut new = reload(&old, addr);
     // The new generation is opened, none of its workers is in yet: wait.
     assert!(matches!(step(&mut w1, None), Progress::Again(d) if d <= Duration::from_millis(2)));
     assert_eq!(retiring(&new), 0);

@@ -147,7 +147,9 @@ impl Steering {
     pub fn successors_pending(&self, slot: usize) -> bool {
         let t = &self.table;
         let mine = t.claimed_in(slot).load(Ordering::Acquire);
-        if t.generation().load(Ordering::Acquire).wrapping_sub(mine) as i32 <= 0 {
+        // Generations wrap: newer is ahead by less than half the range.
+        let newer = |g: u32| (g.wrapping_sub(mine) as i32) > 0;
+        if !newer(t.generation().load(Ordering::Acquire)) {
             return false;
         }
         let (mut newer_eligible, mut newer_starting, mut older_in_choice) = (0usize, 0usize, 0usize);
@@ -156,7 +158,7 @@ impl Steering {
             if f & FLAG_CLAIMED == 0 || f & FLAG_RETIRING != 0 {
                 continue;
             }
-            if (t.claimed_in(i).load(Ordering::Acquire).wrapping_sub(mine) as i32) <= 0 {
+            if !newer(t.claimed_in(i).load(Ordering::Acquire)) {
                 older_in_choice += 1;
             } else if slots::eligible(f) {
                 newer_eligible += 1;

@@ -4,8 +4,8 @@ old sockets), and the kernel may walk every socket bound to the port, TIME_WAIT 
 included, under the port's bind-hash lock, which the connections' accepts and closes on
 that port take too.
 
-In a private network namespace (root): one listener per address family asked for on port
-8080 of loopback, N connections closed by the server first (each leaves a TIME_WAIT socket
+In a private network namespace (root, tests/c/in-netns.sh): one listener per address
+family asked for on a loopback port of its own per row (8081 up), N connections closed by the server first (each leaves a TIME_WAIT socket
 on the server's side, as HTTP/1.0 or `Connection: close` does), then 30 sockets per family
 bound and listening; the median bind() and listen() times."""
 
@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from .runs import IN_NETNS, require_root
 
 BASE_PORT = 8080
 ADDR = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
@@ -48,8 +50,8 @@ def time_wait_on(port):
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(path) as f:
             for line in f.readlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                n += state == "06" and int(local.rsplit(":", 1)[1], 16) == port
+                fields = line.split()
+                n += fields[3] == "06" and int(fields[1].rsplit(":", 1)[1], 16) == port
     return n
 
 
@@ -109,10 +111,7 @@ def inside(args):
 def main(args):
     if args.inside:
         return inside(args)
-    if os.geteuid() != 0:
-        print("bench bind: needs root (a private network namespace)", file=sys.stderr)
-        return 2
-    # Its own namespace: the TIME_WAIT sockets and the port are nobody else's.
-    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-m", "e2e.bench",
-           "bind", "--inside", "--time-wait", args.time_wait]
-    return subprocess.call(cmd)
+    require_root()
+    # Its own namespace: the TIME_WAIT sockets and the ports are nobody else's.
+    return subprocess.call([IN_NETNS, sys.executable, "-m", "e2e.bench", "bind", "--inside",
+                            "--time-wait", args.time_wait])
