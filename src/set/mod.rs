@@ -17,6 +17,7 @@ use crate::steering::{self, SlotStatus, Steering};
 use crate::strategy::{Applied, Strategy};
 use crate::sys::{diag, fd::socket_inode};
 
+mod bind_order;
 mod close_token;
 mod groups;
 mod held;
@@ -262,11 +263,20 @@ impl Set {
     /// Opens (and optionally configures) a socket for every listener and gives its group
     /// the set's strategy; on failure closes those it opened and changes nothing. A
     /// `single` process (`nginx -t`, a server without a master) may join a group that
-    /// servers run: it leaves their program in place (Groups::join_running()).
+    /// servers run: it leaves their program in place (Groups::join_running()). On each
+    /// port it binds first the address a process of this server bound last, to stay on
+    /// the kernel's fast path for reuseport binds (bind_order.rs).
     fn open_all(&mut self, configure: bool, single: bool) -> Result<()> {
-        let mut opened: Vec<(OwnedFd, SocketAddr, Applied, Option<Arc<Steering>>)> =
-            Vec::with_capacity(self.listeners.len());
-        for l in &self.listeners {
+        // Per listener, in the set's order, whatever the order of the binds.
+        type Opened = (OwnedFd, SocketAddr, Applied, Option<Arc<Steering>>);
+        let mut opened: Vec<Option<Opened>> = (0..self.listeners.len()).map(|_| None).collect();
+        let last_bind: Vec<(u16, u64)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.addr.port(), l.steering.as_ref().map_or(0, |s| s.last_bind_ns())))
+            .collect();
+        for i in bind_order::bind_order(&last_bind) {
+            let l = &self.listeners[i];
             let fd = socket::open(&l.addr, &l.options)?;
             if configure {
                 socket::configure(fd.as_fd(), &l.addr, &l.options)?;
@@ -274,6 +284,9 @@ impl Set {
             let bound = socket::local_addr(fd.as_fd())
                 .map_err(|e| Error::sys(&e, Step::Bind, &l.addr.to_string(), "getsockname"))?;
             let steering = self.groups.steering_for(l.steering.as_ref(), &bound, configure);
+            if let Some(s) = &steering {
+                s.note_bind();
+            }
             let joins_running =
                 single && socket_inode(fd.as_raw_fd()).is_some_and(|ino| diag::others_on_port(&bound, ino));
             let applied = if joins_running {
@@ -281,10 +294,10 @@ impl Set {
             } else {
                 self.groups.apply(fd.as_fd(), &bound, steering.as_ref())?
             };
-            opened.push((fd, bound, applied, steering));
+            opened[i] = Some((fd, bound, applied, steering));
         }
         // `opened` drops (and closes) everything on the early returns above.
-        for (l, (fd, bound, applied, steering)) in self.listeners.iter_mut().zip(opened) {
+        for (l, (fd, bound, applied, steering)) in self.listeners.iter_mut().zip(opened.into_iter().flatten()) {
             if l.addr.port() == 0 {
                 log::emit(
                     Level::Info,

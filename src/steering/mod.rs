@@ -138,6 +138,17 @@ impl Steering {
         self.table.opened_at_ms().store(procfs::monotonic_ms(), Ordering::Release);
     }
 
+    /// This process bound a socket of this group just now (see set/bind_order.rs).
+    pub fn note_bind(&self) {
+        self.table.last_bind_ns().store(procfs::monotonic_ns(), Ordering::Release);
+    }
+
+    /// When a process of this server last bound a socket of this group (0: never
+    /// recorded).
+    pub fn last_bind_ns(&self) -> u64 {
+        self.table.last_bind_ns().load(Ordering::Acquire)
+    }
+
     /// Whether a newer generation of the group (a reload's workers) is still taking over
     /// from `slot`'s: the master opened one since `slot` was claimed, and fewer of its
     /// slots are eligible than this and older generations keep in the choice, while more

@@ -19,6 +19,8 @@
 //!               lock_at_ms: u64, opened_at_ms: u64
 //!               fallback: u32  sockets of another binary in the sockarray after the slots
 //!               generation: u32  bumped by each master open (a reload's, the first's)
+//!               last_bind: u64  when a process of this server last bound a socket of
+//!                 this group (the order of the next process's binds, set/bind_order.rs)
 //! hot[cap]      per slot, 16 bytes, one cache line for four slots:
 //!               flags, arrivals (program bumps), seen (arrivals at the owner's last
 //!               heartbeat), load (the owner's published figure)
@@ -91,6 +93,7 @@ const LOCK_AT: usize = 32;
 const OPENED_AT: usize = 40;
 pub(crate) const FALLBACK: usize = 48;
 const GENERATION: usize = 52;
+const LAST_BIND: usize = 56;
 /// Where the per-slot hot records start.
 pub(crate) const HOT: usize = 64;
 /// Size of a hot record, and the offsets in it.
@@ -324,6 +327,12 @@ impl Table {
         self.mem.u32_at(GENERATION)
     }
 
+    /// CLOCK_MONOTONIC nanoseconds of the latest bind of a socket of this group by a
+    /// process of this server (0: none recorded).
+    pub fn last_bind_ns(&self) -> &AtomicU64 {
+        self.mem.u64_at(LAST_BIND)
+    }
+
     /// The generation current when the slot was claimed.
     pub fn claimed_in(&self, slot: usize) -> &AtomicU32 {
         self.mem.u32_at(self.layout.claimed_in + 4 * self.check(slot))
@@ -451,7 +460,7 @@ mod tests {
             opened_at: u64,
             fallback: u32,
             generation: u32,
-            _pad2: [u32; 2],
+            last_bind: u64,
             hot: [Hot; CAP],
             list: [[u32; CAP]; 2],
             beats: [u64; CAP],
@@ -470,6 +479,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AsStruct, opened_at), OPENED_AT);
         assert_eq!(std::mem::offset_of!(AsStruct, fallback), FALLBACK);
         assert_eq!(std::mem::offset_of!(AsStruct, generation), GENERATION);
+        assert_eq!(std::mem::offset_of!(AsStruct, last_bind), LAST_BIND);
         assert_eq!(std::mem::offset_of!(AsStruct, hot), HOT);
         assert_eq!(std::mem::offset_of!(Hot, load), HOT_LOAD);
         assert_eq!(std::mem::offset_of!(AsStruct, list), l.list);

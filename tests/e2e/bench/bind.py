@@ -7,7 +7,12 @@ that port take too.
 In a private network namespace (root, tests/c/in-netns.sh): one listener per address
 family asked for on a loopback port of its own per row (8081 up), N connections closed by the server first (each leaves a TIME_WAIT socket
 on the server's side, as HTTP/1.0 or `Connection: close` does), then 30 sockets per family
-bound and listening; the median bind() and listen() times."""
+bound and listening; the median bind() and listen() times.
+
+Then the order of a generation's binds: 100 workers in a row, each binding one IPv4 and
+one IPv6 socket, in the configured order (IPv4, IPv6) or in the library's (on each port the
+address bound last first, set/bind_order.rs), on a port with the TIME_WAIT sockets: what
+each worker's two binds cost, and how many took the slow path."""
 
 import os
 import socket
@@ -85,6 +90,46 @@ def measure(families, tw, port):
     return med, tw_seen
 
 
+WORKERS = 100
+# A bind on the fast path takes a few microseconds here, a walk of thousands of sockets
+# hundreds: anything above this counts as a walk.
+SLOW_US = 50
+
+
+def generation(tw, port, library_order):
+    """WORKERS workers, each binding IPv4 and IPv6 on `port` (with `tw` IPv4 TIME_WAIT
+    sockets): (median, max and total us of a worker's two binds, binds over SLOW_US)."""
+    first = {fam: listener(fam, port) for fam in (socket.AF_INET, socket.AF_INET6)}
+    v4 = first[socket.AF_INET]
+    for _ in range(tw):
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = v4.accept()
+        a.close()
+        c.close()
+    last = [socket.AF_INET, socket.AF_INET6]  # the listeners' binds, IPv6 last
+    per_worker, slow, keep = [], 0, []
+    for _ in range(WORKERS):
+        # The library's rule: the family bound last goes first (what the tables record).
+        order = [last[-1], last[0]] if library_order else [socket.AF_INET, socket.AF_INET6]
+        took = 0.0
+        for fam in order:
+            s = reuseport_socket(fam)
+            t0 = time.perf_counter()
+            s.bind((ADDR[fam], port))
+            us = (time.perf_counter() - t0) * 1e6
+            s.listen(128)
+            keep.append(s)
+            took += us
+            slow += us > SLOW_US
+        last = order
+        per_worker.append(took)
+    seen = time_wait_on(port)
+    for s in keep + list(first.values()):
+        s.close()
+    per_worker.sort()
+    return per_worker[len(per_worker) // 2], per_worker[-1], sum(per_worker), slow, seen
+
+
 def inside(args):
     counts = [int(x) for x in args.time_wait.split(",") if x]
     rows, port = [], BASE_PORT
@@ -105,6 +150,19 @@ def inside(args):
     for what, seen, (b4, l4), v6 in rows:
         b6, l6 = (f"{v6[0]:.1f}", f"{v6[1]:.1f}") if v6 else ("-", "-")
         print(f"| {what} | {seen} | {b4:.1f} | {l4:.1f} | {b6} | {l6} |")
+    print(f"\n{WORKERS} workers in a row, each binding one IPv4 and one IPv6 socket on a port "
+          f"with IPv4 TIME_WAIT sockets; a bind over {SLOW_US} us counts as slow.\n")
+    print("| TIME_WAIT | order | worker's binds: median us | max us | all workers ms | slow binds |")
+    print("|---|---|---|---|---|---|")
+    for tw in counts:
+        if tw == 0:
+            continue
+        for library_order in (False, True):
+            port += 1
+            med, top, total, slow, seen = generation(tw, port, library_order)
+            what = "last bound first (the library)" if library_order else "IPv4, IPv6 (configured)"
+            print(f"| {seen} | {what} | {med:.1f} | {top:.1f} | {total / 1000:.1f} | {slow} of {2 * WORKERS} |")
+            print(f"  generation, {seen} TIME_WAIT, {what}: done", file=sys.stderr, flush=True)
     return 0
 
 
