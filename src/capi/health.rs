@@ -105,9 +105,10 @@ pub extern "C" fn reuseport_heartbeat(set: *const reuseport_set) -> c_int {
 }
 
 /// reuseport_heartbeat() with the worker's load figure, its open connections (or any
-/// figure that grows with its backlog of work): of two eligible workers, the steering
-/// program gives a new connection to the one whose figure, plus the connections sent to
-/// it since its last heartbeat, is lower. Without it the figure is 0 and only the latter
+/// figure that grows with its backlog of work): of the eligible workers it compares (four
+/// neighbours in its list, chosen by the connection's hash), the steering program gives
+/// a new connection to the one whose figure, plus the connections sent to it since its
+/// last heartbeat, is lowest. Without it the figure is 0 and only the latter
 /// counts. Same cost as reuseport_heartbeat(): a few stores in shared memory. Returns 0,
 /// or -EINVAL for NULL. Who: workers, instead of reuseport_heartbeat().
 #[no_mangle]

@@ -390,7 +390,7 @@ impl Set {
     }
 
     /// A worker's heartbeat with its load figure (open connections): the program prefers
-    /// the less loaded of two eligible workers.
+    /// the least loaded of the four eligible workers it compares.
     pub fn heartbeat_load(&self, load: u32) {
         for c in self.listeners.iter().filter_map(|l| l.claim.as_ref()) {
             c.beat();

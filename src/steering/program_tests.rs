@@ -89,8 +89,8 @@ fn the_cost_per_connection_does_not_grow_with_the_workers() {
         seen.push((workers, rig.insns.len(), max));
     }
     for &(workers, len, max) in &seen {
-        assert!(len < 160, "{workers} workers: {len} instructions");
-        assert!(max <= 90, "{workers} workers: a connection ran {max} instructions");
+        assert!(len < 200, "{workers} workers: {len} instructions");
+        assert!(max <= 140, "{workers} workers: a connection ran {max} instructions");
     }
     let (lo, hi) = (seen.iter().map(|s| s.2).min().unwrap(), seen.iter().map(|s| s.2).max().unwrap());
     assert!(hi - lo <= 12, "steps per connection from 1 to 4096 workers: {seen:?}");
@@ -103,7 +103,8 @@ fn equal_workers_get_an_even_spread() {
         let per = 200u32;
         let got = rig.spread(per * workers as u32);
         for (s, &n) in got.iter().enumerate().take(workers) {
-            // P2C over arrivals since the last heartbeat keeps them closer than hashing.
+            // The least loaded of four over arrivals since the last heartbeat keeps them
+            // closer than hashing.
             assert!(n > per * 6 / 10 && n < per * 14 / 10, "{workers} workers: slot {s} got {n}, mean {per}");
         }
         assert!(got[workers..].iter().all(|&n| n == 0));
@@ -144,11 +145,17 @@ fn a_gone_socket_leaves_the_connection_to_the_kernel() {
         assert_ne!(r.selected, Some(1));
         assert_eq!(r.select_calls, 1, "one attempt");
         passed += r.selected.is_none() as u32;
+        if let Some(s) = r.selected {
+            beat(&rig.table, s as usize); // the live workers take what they get
+        }
     }
-    // It is a candidate in two of the four neighbour pairs and, getting nothing, always
-    // the less loaded: about half go to the kernel's hash until its slot is freed.
-    assert!(passed > 700 && passed < 1300, "{passed}");
+    assert!(passed >= 1, "the gone socket was chosen once");
     assert_eq!(rig.table.passed().load(Ordering::Relaxed), passed, "counted as left to the kernel");
+    // What it was sent counts on its slot: its load rises, so the next connections go to
+    // another candidate rather than to the kernel's hash, and the watch sees connections
+    // its owner never takes.
+    assert_eq!(rig.table.arrivals(1).load(Ordering::Relaxed), passed);
+    assert!(passed < 5, "{passed} of 2000 left to the kernel's hash");
 }
 
 #[test]
@@ -217,6 +224,31 @@ fn a_loaded_worker_gets_fewer_new_connections() {
     }
     assert!(got[3] < 20, "the stopped worker got {} of 16000: {got:?}", got[3]);
     assert!(got.iter().enumerate().all(|(s, &n)| s == 3 || n > 800), "{got:?}");
+}
+
+#[test]
+fn blocked_workers_get_nothing_while_another_is_free() {
+    // Four workers, two of them blocked in a long request: each was sent a connection
+    // since its last heartbeat. The two free ones take what they get at once. Two
+    // neighbouring candidates would both be blocked for a quarter of the hashes.
+    let rig = Rig::new(8, 4);
+    for s in [0, 1] {
+        rig.table.arrivals(s).fetch_add(1, Ordering::SeqCst);
+    }
+    let mut got = [0u32; 4];
+    for h in 0..4000 {
+        let s = rig.run(hash(h)).selected.unwrap() as usize;
+        got[s] += 1;
+        if s >= 2 {
+            beat(&rig.table, s);
+        }
+    }
+    assert_eq!(&got[..2], &[0, 0], "{got:?}");
+    // Both free ones serve. Not evenly here: they beat after every connection, so their
+    // scores tie at 0, and a tie goes to the first free candidate after the hash's
+    // entry, which for three of the four entries is slot 2. A worker that has not yet
+    // taken what it was sent loses the tie, which evens it out in a real event loop.
+    assert!(got[2] > 400 && got[3] > 400, "{got:?}");
 }
 
 #[test]
