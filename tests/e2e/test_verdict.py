@@ -116,6 +116,17 @@ class Losses(unittest.TestCase):
         v = verdict.losses(result(("reset", 100, 101), ("timeout", 100, 101)), closes=[at(100)])
         self.assertEqual((v.close_race, v.unexcused), (1, 1))
 
+    def test_resets_within_an_unlogged_close_window_are_close_races(self):
+        # The window after a signal to a master whose workers close without a log line.
+        window = [(at(100), at(100) + verdict.SIGNAL_CLOSE_NS)]
+        r = result(("reset", 100, 101), ("reset", 150, 199), ("timeout", 120, 121))
+        v = verdict.losses(r, close_windows=window)
+        self.assertEqual((v.close_race, v.unexcused), (2, 1))
+        # Before the signal, or after the window, a reset is not excused.
+        r = result(("reset", 90, 99), ("reset", 201, 202))
+        v = verdict.losses(r, close_windows=window)
+        self.assertEqual((v.close_race, v.unexcused), (0, 2))
+
     def test_counts_excuse_any_failure_up_to_what_dead_and_stopped_workers_held(self):
         r = result(("timeout", 100, 3100), ("reset", 500, 501), ("other", 900, 901))
         self.assertTrue(verdict.losses(r, lost=2, held=1).ok)

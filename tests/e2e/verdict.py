@@ -40,6 +40,11 @@ CLOSE_LOG_EARLY_NS = 1 * MS
 # notice that a connection failed: its event loop shares two busy CPUs with the servers.
 # A failure that ends later than this was not in flight at the kill.
 KILL_NOTICE_SLACK_NS = 25 * MS
+# A process that logs nothing when it closes its listeners (a stock nginx worker; a patched
+# one logs with whole seconds only) closes them on a signal to its master within this,
+# even on two busy CPUs: stock nginx's workers close theirs as soon as the signal reaches
+# them. The window after such a signal in which a reset may be the kernel's close race.
+SIGNAL_CLOSE_NS = 100 * MS
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,10 @@ def in_window(failure, t0_ns, start_ns, end_ns):
     return t0_ns + failure["start_ns"] <= end_ns and t0_ns + failure["end_ns"] >= start_ns
 
 
-def _at_close(failure, t0_ns, closes):
-    return failure["kind"] == "reset" and any(
-        in_window(failure, t0_ns, c - CLOSE_LOG_SLACK_NS, c + CLOSE_LOG_EARLY_NS) for c in closes)
+def _at_close(failure, t0_ns, closes, windows=()):
+    return failure["kind"] == "reset" and (
+        any(in_window(failure, t0_ns, c - CLOSE_LOG_SLACK_NS, c + CLOSE_LOG_EARLY_NS) for c in closes)
+        or any(in_window(failure, t0_ns, start, end) for start, end in windows))
 
 
 def _at_kill(failure, t0_ns, kill):
@@ -104,12 +110,14 @@ def close_race_resets(result, closes):
     return sum(1 for f in result.get("failures", []) if _at_close(f, t0, closes))
 
 
-def losses(result, *, closes=(), kills=(), lost=0, held=0):
+def losses(result, *, closes=(), close_windows=(), kills=(), lost=0, held=0):
     """Judges a load's failures (a load client's JSON result, with its `failures`
     records) against what may fail (see the module's doc):
 
     closes: logged instants of listener closes, where a reset is the kernel's close race
       (give them for the sysctl strategy only);
+    close_windows: (start, end) instants within which listeners closed unlogged (after a
+      signal: SIGNAL_CLOSE_NS), for servers without a program likewise;
     kills: Kill records;
     lost: what workers that died otherwise (fast stop) had accepted, plus any slack;
     held: what a stopped worker had accepted at its stop.
@@ -122,7 +130,7 @@ def losses(result, *, closes=(), kills=(), lost=0, held=0):
     unexplained = max(0, v.failed - len(records))  # no record: nothing but a count explains it
     accepted_left = sum(k.in_flight for k in kills)
     for f in records:
-        if _at_close(f, t0, closes):
+        if _at_close(f, t0, closes, close_windows):
             v.close_race += 1
         elif any(_at_kill(f, t0, k) for k in kills):
             if f["kind"] == "reset":

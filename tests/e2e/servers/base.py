@@ -21,7 +21,9 @@ class Adapter:
     name: "rpserver" or "nginx"; label: how its notes are prefixed; strict: the
     library's socket layout is asserted (rpserver, patched nginx); addresses: the listen
     addresses a scenario uses when it names none; close_race_possible: listeners close
-    without the program steering away first (the sysctl strategy)."""
+    without the program steering away first (the sysctl strategy, a master that cannot
+    load the program), so a reset at a close is the kernel's close race: close_instants()
+    and close_windows() say when they closed."""
 
     name = label = ""
     strict = True
@@ -31,6 +33,15 @@ class Adapter:
         self.timeline = []  # (time.monotonic(), what): the signals sent
         self.kills = []  # (pid, sent_ns, dead_ns) of each SIGKILL
         self.default_cpus = None  # the CPUs start() binds the server to when given none
+
+    def close_instants(self):
+        """Logged instants (time.monotonic_ns()) at which a listener closed."""
+        return []
+
+    def close_windows(self):
+        """(start, end) instants (time.monotonic_ns()) within which listeners closed
+        without a log line to time them by."""
+        return []
 
     @property
     def ports(self):

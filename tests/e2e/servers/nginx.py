@@ -27,6 +27,7 @@ from prefork.load import pinned
 from prefork.reaping import reap, stop_all
 from prefork.wait import Failure, check, wait_for
 
+from .. import verdict
 from ..unprivileged import copy_for_others
 from .base import Adapter
 
@@ -102,6 +103,10 @@ class Nginx(Adapter):
         os.chmod(workdir, 0o755)  # workers run as nobody
         self.binary = build.binary
         if master_user is not None:
+            # Without CAP_BPF the patched master loads no program: the kernel migrates a
+            # closing listener's queue (net.ipv4.tcp_migrate_req), and a handshake that
+            # completes in the instant of a close is reset (docs/design.md).
+            self.close_race_possible = True
             os.chmod(workdir, 0o777)  # its pid file, logs and temp directories
             if to_build is None:
                 self.binary = copy_for_others(build.binary, workdir)
@@ -234,6 +239,13 @@ class Nginx(Adapter):
 
     def command(self, *args):
         return self.launcher() + [self.binary, "-p", self.dir + "/", "-c", self.conf] + list(args)
+
+    def close_windows(self):
+        """After each signal that makes processes close listeners (a stock worker logs
+        nothing of it, a patched one with whole seconds only), SIGNAL_CLOSE_NS."""
+        closing = ("SIGQUIT", "SIGTERM", "SIGINT", "SIGWINCH", "SIGHUP", "nginx -s reload")
+        return [(int(t * 1e9), int(t * 1e9) + verdict.SIGNAL_CLOSE_NS)
+                for t, what in self.timeline if what.startswith(closing)]
 
     def launcher(self):
         """setpriv as the master's user: its real, effective and saved uids and gids, no
