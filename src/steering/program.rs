@@ -150,11 +150,12 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     a.alu64(MOV, A, TABLE);
     a.alu64(ADD, A, R1);
     let (bump_a, bump_failed) = (a.label(), a.label());
-    let select = |a: &mut Asm, key: i16, on_success: Label| {
+    // Selects the socket of slot KEY_A (a sockarray key).
+    let select = |a: &mut Asm, on_success: Label| {
         a.alu64(MOV, R1, CTX);
         a.load_map(R2, sockarray);
         a.alu64(MOV, R3, FP);
-        a.alu64_imm(ADD, R3, key.into());
+        a.alu64_imm(ADD, R3, KEY_A.into());
         a.alu64_imm(MOV, R4, 0);
         a.call(HELPER_SK_SELECT_REUSEPORT);
         a.jump_imm(JEQ, R0, 0, on_success);
@@ -164,7 +165,7 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     // hash, and counts on the slot all the same: its load rises, so the next connections
     // choose another candidate instead of the kernel's hash, and the watch, seeing
     // connections its owner never takes, finds it.
-    select(&mut a, KEY_A, bump_a);
+    select(&mut a, bump_a);
     a.goto(bump_failed);
 
     // A selection counts the connection on its slot. The first one since the owner's last
@@ -199,7 +200,7 @@ pub(crate) fn assemble(layout: &Layout, table: BorrowedFd<'_>, sockarray: Borrow
     a.alu32(MOD, R2, R1);
     a.alu64_imm(ADD, R2, cap);
     a.store_u32(FP, KEY_A, R2);
-    select(&mut a, KEY_A, pass);
+    select(&mut a, pass);
 
     a.bind(pass);
     a.alu64_imm(MOV, R1, 1);

@@ -134,9 +134,9 @@ def judge(name, srv, ctx, args, record):
     if not args.expect_zero:
         print(f"{name}: baseline recording, not judged: {verdict.failed_of(r)} failed")
         return
-    v = verdict.losses(r, closes=srv.close_instants() if srv.close_race_possible else (),
-                       close_windows=srv.close_windows() if srv.close_race_possible else (), kills=kills,
-                       lost=lost + slack, held=ctx.figures.get("accepted_at_stop", 0))
+    closes, windows = (srv.close_instants(), srv.close_windows()) if srv.close_race_possible else ((), ())
+    v = verdict.losses(r, closes=closes, close_windows=windows, kills=kills, lost=lost + slack,
+                       held=ctx.figures.get("accepted_at_stop", 0))
     record.update(close_race=v.close_race, kill_race=v.kill_race, unexcused=v.unexcused,
                   kills=[{"pid": k.pid, "sent_ns": k.sent_ns - r["t0_ns"], "dead_ns": k.dead_ns - r["t0_ns"],
                           "in_flight": k.in_flight} for k in kills])

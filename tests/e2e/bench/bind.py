@@ -60,18 +60,21 @@ def time_wait_on(port):
     return n
 
 
+def leave_time_wait(v4, port, n):
+    """n connections to `port` accepted on `v4` and closed by the server first: each
+    leaves a TIME_WAIT socket on the server's side."""
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = v4.accept()
+        a.close()
+        c.close()
+
+
 def measure(families, tw, port):
     """{family name: (median bind us, median listen us)} with `tw` TIME_WAIT sockets on
     `port`, after a listener of each of `families`; and how many TIME_WAIT sockets there were."""
     first = {fam: listener(fam, port) for fam in families}
-    v4 = first[socket.AF_INET]
-    made = 0
-    while made < tw:
-        c = socket.create_connection(("127.0.0.1", port))
-        a, _ = v4.accept()
-        a.close()  # the server closes first: its side goes to TIME_WAIT
-        c.close()
-        made += 1
+    leave_time_wait(first[socket.AF_INET], port, tw)
     out, keep = {}, []
     for _ in range(BINDS):
         for fam in families:
@@ -100,12 +103,7 @@ def generation(tw, port, library_order):
     """WORKERS workers, each binding IPv4 and IPv6 on `port` (with `tw` IPv4 TIME_WAIT
     sockets): (median, max and total us of a worker's two binds, binds over SLOW_US)."""
     first = {fam: listener(fam, port) for fam in (socket.AF_INET, socket.AF_INET6)}
-    v4 = first[socket.AF_INET]
-    for _ in range(tw):
-        c = socket.create_connection(("127.0.0.1", port))
-        a, _ = v4.accept()
-        a.close()
-        c.close()
+    leave_time_wait(first[socket.AF_INET], port, tw)
     last = [socket.AF_INET, socket.AF_INET6]  # the listeners' binds, IPv6 last
     per_worker, slow, keep = [], 0, []
     for _ in range(WORKERS):
