@@ -3,7 +3,7 @@
  *   worker_processes 4;            # or auto
  *   user nobody;                   # workers setuid to it when the master is root
  *   pid /run/rpserver.pid;
- *   error_log /var/log/rpserver.log;
+ *   error_log /var/log/rpserver.log;   # then the library's level: debug, info (default), warn, error
  *   listen 127.0.0.1:8080 deferred backlog=1024;   # any reuseport listen spec; repeatable
  *   keepalive_timeout 5s;
  *   worker_connections 4096;
@@ -21,6 +21,7 @@ void rp_config_defaults(rp_config *cf)
 {
     memset(cf, 0, sizeof *cf);
     cf->worker_processes = 1;
+    cf->log_level = REUSEPORT_LOG_INFO;
     snprintf(cf->pid_path, sizeof cf->pid_path, "rpserver.pid");
     cf->keepalive_timeout_ms = 5000;
     cf->header_timeout_ms = 10000;
@@ -50,6 +51,20 @@ static int parse_ms(const char *v, int *out)
     return 0;
 }
 
+/* nginx's level names, as syslog's numbers (REUSEPORT_LOG_*; notice is 5); -1 if none. */
+static int parse_log_level(const char *name)
+{
+    static const struct {
+        const char *name;
+        int level;
+    } levels[] = {{"error", REUSEPORT_LOG_ERROR}, {"warn", REUSEPORT_LOG_WARN}, {"notice", 5 /* syslog's */},
+                  {"info", REUSEPORT_LOG_INFO}, {"debug", REUSEPORT_LOG_DEBUG}};
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
+        if (strcmp(name, levels[i].name) == 0)
+            return levels[i].level;
+    return -1;
+}
+
 static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen)
 {
     char *end;
@@ -74,6 +89,15 @@ static int apply(rp_config *cf, char *name, char *args, char *err, size_t errlen
     } else if (strcmp(name, "pid") == 0) {
         snprintf(cf->pid_path, sizeof cf->pid_path, "%s", args);
     } else if (strcmp(name, "error_log") == 0) {
+        char *level = args + strcspn(args, " \t");
+        if (*level) {
+            *level++ = '\0';
+            level += strspn(level, " \t");
+            if ((cf->log_level = parse_log_level(level)) < 0) {
+                snprintf(err, errlen, "error_log level \"%.200s\": debug, info, notice, warn or error", level);
+                return -1;
+            }
+        }
         snprintf(cf->error_log, sizeof cf->error_log, "%s", args);
     } else if (strcmp(name, "listen") == 0) {
         if (cf->n_listen == RP_MAX_LISTEN) {

@@ -12,6 +12,14 @@
 
 static int log_fd = 2;
 
+/* The error_log's level filters the library's messages (the server's own lines, its
+ * events and errors, are always written): the library is asked for nothing past it, so
+ * it formats no message that would be dropped. */
+void rp_log_set_level(int level)
+{
+    reuseport_log_set_callback(rp_log_library, NULL, level);
+}
+
 void rp_log_open(const char *path)
 {
     if (!path || !*path || strcmp(path, "stderr") == 0) {

@@ -241,6 +241,7 @@ static void reload(void)
     set = s;
     cf = next;
     rp_log_open(cf.error_log);
+    rp_log_set_level(cf.log_level);
     workers_stopped_by_winch = 0;
     start_generation();
     signal_workers(SIGQUIT, 1);
@@ -432,7 +433,7 @@ int main(int argc, char **argv)
     if (signal_name)
         return send_signal(signal_name);
 
-    reuseport_log_set_callback(rp_log_library, NULL, REUSEPORT_LOG_INFO);
+    rp_log_set_level(cf.log_level);
     const char *handed = getenv(RP_PROGRAM_ENV);
     if (handed) {
         inherited_program = atoi(handed);

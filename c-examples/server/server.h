@@ -23,6 +23,7 @@ typedef struct {
     char user[64];            /* workers drop to this user when the master runs as root */
     char pid_path[4096];
     char error_log[4096];     /* "" or "stderr": standard error */
+    int log_level;            /* error_log's level, syslog's numbers: REUSEPORT_LOG_ERROR (3) to _DEBUG (7) */
     int n_listen;
     char listen[RP_MAX_LISTEN][RP_SPEC_LEN];
     int keepalive_timeout_ms; /* idle keep-alive connections are closed after this */
@@ -61,6 +62,7 @@ void rp_config_defaults(rp_config *cf);
 int rp_slow_request(const char *target, size_t len);
 
 void rp_log_open(const char *path);
+void rp_log_set_level(int level);
 void rp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void rp_log_library(int level, const char *message, void *user);
 

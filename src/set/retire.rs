@@ -379,6 +379,7 @@ impl Retirement {
 
     /// Closes the listeners whose groups migrate; a drain follows when some do not.
     fn close_migrating(&mut self, listeners: &mut [Listener]) -> AfterClose {
+        log_closing(listeners.iter().filter(|l| !drains(l) && l.fd.is_some()).count());
         let mut closed = 0;
         for l in listeners.iter_mut().filter(|l| !drains(l)) {
             if l.close() {
@@ -386,8 +387,8 @@ impl Retirement {
             }
         }
         if listeners.iter().all(|l| l.fd.is_none()) {
-            // Logged at once, not after the turn's gap: tests line up the instant of the
-            // close with what their clients saw.
+            // Logged at once, not after the turn's gap: with the line before the close
+            // (log_closing), tests bracket the close's instant.
             log::emit(Level::Info, &format!("retired: closed {closed} listen socket(s); their queues migrate"));
             return AfterClose::Done;
         }
@@ -408,6 +409,7 @@ impl Retirement {
 
     /// The end of a drain: closes what is left.
     fn close_drained(&mut self, listeners: &mut [Listener]) -> AfterClose {
+        log_closing(listeners.iter().filter(|l| l.fd.is_some()).count());
         let n = close_all(listeners);
         log::emit(
             Level::Info,
@@ -480,6 +482,16 @@ fn drains(l: &Listener) -> bool {
 /// Whether a retire would accept connections to hand over (some held listener drains).
 pub(crate) fn hands_over(listeners: &[Listener]) -> bool {
     listeners.iter().any(|l| l.fd.is_some() && drains(l))
+}
+
+/// Logged just before a retire's close, as "retired: closed" is just after it: the two
+/// lines bracket the instant whatever a client saw of the close (the kernel's close race,
+/// a reset) happened, however long the worker waits for a CPU between the close and its
+/// log line.
+fn log_closing(n: usize) {
+    if n > 0 {
+        log::emit(Level::Debug, &format!("retire: closing {n} listen socket(s)"));
+    }
 }
 
 /// Closes every socket and frees every slot the listeners hold; how many sockets.

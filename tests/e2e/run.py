@@ -134,8 +134,8 @@ def judge(name, srv, ctx, args, record):
     if not args.expect_zero:
         print(f"{name}: baseline recording, not judged: {verdict.failed_of(r)} failed")
         return
-    closes, windows = (srv.close_instants(), srv.close_windows()) if srv.close_race_possible else ((), ())
-    v = verdict.losses(r, closes=closes, close_windows=windows, kills=kills, lost=lost + slack,
+    windows = srv.close_windows() if srv.close_race_possible else ()
+    v = verdict.losses(r, close_windows=windows, kills=kills, lost=lost + slack,
                        held=ctx.figures.get("accepted_at_stop", 0))
     record.update(close_race=v.close_race, kill_race=v.kill_race, unexcused=v.unexcused,
                   kills=[{"pid": k.pid, "sent_ns": k.sent_ns - r["t0_ns"], "dead_ns": k.dead_ns - r["t0_ns"],
@@ -144,6 +144,9 @@ def judge(name, srv, ctx, args, record):
     for k in kills:
         print(f"{name}: SIGKILL to worker {k.pid}: dead {(k.dead_ns - k.sent_ns) / 1e6:.2f} ms later, "
               f"{k.in_flight} in flight")
+    if not v.ok:
+        for line in verdict.placed(r, close_windows=windows, kills=kills):
+            print(f"{name}: failure: {line}")
     check(v.ok, v.explain() + f"; dead workers had {sum(k.in_flight for k in kills) + lost} in flight"
           + (f" (+{slack} possible)" if slack else "")
           + (f" and the stopped one had accepted {ctx.figures['accepted_at_stop']}" if ctx.figures else ""))

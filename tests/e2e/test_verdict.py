@@ -30,27 +30,48 @@ def kill(sent_ms, dead_ms, in_flight=0, pid=42):
     return Kill(pid=pid, sent_ns=at(sent_ms), dead_ns=at(dead_ms), in_flight=in_flight)
 
 
-class CloseRaceResets(unittest.TestCase):
-    def test_a_reset_in_flight_at_a_close_is_explained(self):
-        self.assertEqual(verdict.close_race_resets(result(("reset", 100, 101)), [at(100)]), 1)
+class CloseWindows(unittest.TestCase):
+    def window(self, start_ms, end_ms):
+        return [(at(start_ms), at(end_ms))]
 
-    def test_the_log_may_trail_the_close_by_the_slack(self):
-        r = result(("reset", 100, 101))
-        self.assertEqual(verdict.close_race_resets(r, [at(105)]), 1)
-        self.assertEqual(verdict.close_race_resets(r, [at(107)]), 0)
+    def test_a_reset_in_flight_during_a_close_is_excused(self):
+        v = verdict.losses(result(("reset", 100, 101)), close_windows=self.window(100, 102))
+        self.assertEqual((v.close_race, v.unexcused), (1, 0))
+
+    def test_however_late_the_client_notices(self):
+        # Its event loop may learn of the reset long after the close.
+        v = verdict.losses(result(("reset", 99, 160)), close_windows=self.window(100, 102))
+        self.assertEqual((v.close_race, v.unexcused), (1, 0))
 
     def test_a_reset_away_from_every_close_is_not(self):
         r = result(("reset", 100, 101))
-        self.assertEqual(verdict.close_race_resets(r, [at(50), at(150)]), 0)
-        self.assertEqual(verdict.close_race_resets(r, []), 0)
+        self.assertFalse(verdict.losses(r, close_windows=[(at(50), at(99)), (at(102), at(150))]).ok)
+        self.assertFalse(verdict.losses(r).ok)
 
-    def test_only_resets_count(self):
+    def test_only_resets_are_close_races(self):
         r = result(("timeout", 100, 101), ("refused", 100, 100), ("reset", 100, 101))
-        self.assertEqual(verdict.close_race_resets(r, [at(100)]), 1)
+        v = verdict.losses(r, close_windows=self.window(100, 101))
+        self.assertEqual((v.close_race, v.unexcused), (1, 2))
 
     def test_each_reset_counts_once(self):
         r = result(("reset", 100, 110), ("reset", 300, 301))
-        self.assertEqual(verdict.close_race_resets(r, [at(101), at(102), at(103)]), 1)
+        v = verdict.losses(r, close_windows=[(at(101), at(102)), (at(102), at(103)), (at(103), at(104))])
+        self.assertEqual((v.close_race, v.unexcused), (1, 1))
+
+
+class Placed(unittest.TestCase):
+    def test_a_failure_is_placed_against_the_nearest_close_and_kill(self):
+        r = result(("reset", 100, 112), ("timeout", 400, 900))
+        lines = verdict.placed(r, close_windows=[(at(90), at(95)), (at(120), at(121)), (at(700), at(702))],
+                               kills=[kill(600, 610)])
+        self.assertEqual(len(lines), 2)
+        self.assertIn("reset in phase response, in flight 100.0 to 112.0 ms", lines[0])
+        self.assertIn("nearest close window 120.0 to 121.0", lines[0])
+        self.assertIn("nearest close window 700.0 to 702.0", lines[1])
+        self.assertIn("nearest kill sent at 600.0, dead at 610.0", lines[1])
+
+    def test_nothing_to_place_against_says_only_the_failure(self):
+        self.assertEqual(verdict.placed(result(("reset", 1, 2))), ["reset in phase response, in flight 1.0 to 2.0 ms"])
 
 
 class Losses(unittest.TestCase):
@@ -109,12 +130,8 @@ class Losses(unittest.TestCase):
         self.assertEqual(v.kill_race, 1)
         self.assertEqual(v.unexcused, 1)
         # a reset at both a close and a kill is excused once
-        v = verdict.losses(result(("reset", 100, 102)), closes=[at(101)], kills=[kill(101, 101)])
+        v = verdict.losses(result(("reset", 100, 102)), close_windows=[(at(101), at(101))], kills=[kill(101, 101)])
         self.assertEqual((v.close_race, v.kill_race, v.unexcused), (1, 0, 0))
-
-    def test_close_races_are_resets_at_a_logged_close(self):
-        v = verdict.losses(result(("reset", 100, 101), ("timeout", 100, 101)), closes=[at(100)])
-        self.assertEqual((v.close_race, v.unexcused), (1, 1))
 
     def test_resets_within_an_unlogged_close_window_are_close_races(self):
         # The window after a signal to a master whose workers close without a log line.

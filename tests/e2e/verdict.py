@@ -8,9 +8,9 @@ in a listen queue or a handshake. What may fail:
 
 - a connection a worker had accepted when it died (killed, or fast-stopped with TERM):
   the server's own count, "in flight at death";
-- with the sysctl strategy only, a reset of a connection in flight at the instant a
-  listener closed (a logged close): the kernel's close-instant race, which only the
-  library's program removes by steering away from a listener before it closes;
+- where listeners close without the library's program steering away from them first
+  (the sysctl strategy, a master that cannot load the program), a reset of a connection
+  in flight while a listener closed (a close window): the kernel's close-instant race;
 - at a kill (SIGKILL), a reset of a connection in flight at the instant the worker was
   killed: its listener closes at the instant of its death, with no chance to leave the
   steering program's choice first, so a handshake completing on it then is reset. Such a
@@ -24,18 +24,13 @@ from dataclasses import dataclass
 
 from prefork.load import failed_of
 
-__all__ = ["failed_of", "Kill", "Losses", "losses", "close_race_resets", "in_window",
+__all__ = ["failed_of", "Kill", "Losses", "losses", "in_window", "placed",
            "timeline_rate", "stall_figures", "fair_shares", "stall_checks", "describe_stall",
            "STALL_S", "STALL_STEADY_S", "STALL_AFTER_S", "STALL_SKIP_S", "STALL_MIN_RATIO",
            "STALL_RATE_ATTEMPTS", "STALL_MIN_SHARE"]
 
 MS = 1_000_000
 
-# How far a close may be logged after the reset it caused: the worker may be preempted
-# between close() and the log line.
-CLOSE_LOG_SLACK_NS = 5 * MS
-# The log's milliseconds are truncated: a close may be logged up to 1 ms early.
-CLOSE_LOG_EARLY_NS = 1 * MS
 # How long after a killed worker's death (confirmed through its pidfd) the load client may
 # notice that a connection failed: its event loop shares two busy CPUs with the servers.
 # A failure that ends later than this was not in flight at the kill.
@@ -62,7 +57,7 @@ class Kill:
 class Losses:
     """A loss verdict: the failures, how many each rule excused, and how many are left."""
     failed: int
-    close_race: int = 0  # resets in flight at a logged close (sysctl)
+    close_race: int = 0  # resets in flight in a close window
     kill_race: int = 0  # resets in flight at a kill
     kill_accepted: int = 0  # other failures in a kill's window, up to what the killed had accepted
     counted: int = 0  # excused by counts: in flight at other deaths, (slack), accepted at a stall stop
@@ -74,7 +69,7 @@ class Losses:
 
     def explain(self):
         parts = [f"{n} {what}" for n, what in (
-            (self.close_race, "reset(s) in flight at a listener's logged close"),
+            (self.close_race, "reset(s) in flight while a listener closed"),
             (self.kill_race, "reset(s) in flight at a kill (accepted by the killed worker, or racing its listener's close)"),
             (self.kill_accepted, "failure(s) at a kill that the killed worker(s) had accepted"),
             (self.counted, "failure(s) within what dead or stopped workers held")) if n]
@@ -89,10 +84,8 @@ def in_window(failure, t0_ns, start_ns, end_ns):
     return t0_ns + failure["start_ns"] <= end_ns and t0_ns + failure["end_ns"] >= start_ns
 
 
-def _at_close(failure, t0_ns, closes, windows=()):
-    return failure["kind"] == "reset" and (
-        any(in_window(failure, t0_ns, c - CLOSE_LOG_SLACK_NS, c + CLOSE_LOG_EARLY_NS) for c in closes)
-        or any(in_window(failure, t0_ns, start, end) for start, end in windows))
+def _at_close(failure, t0_ns, windows):
+    return failure["kind"] == "reset" and any(in_window(failure, t0_ns, start, end) for start, end in windows)
 
 
 def _at_kill(failure, t0_ns, kill):
@@ -102,22 +95,13 @@ def _at_kill(failure, t0_ns, kill):
             and kill.sent_ns <= t0_ns + failure["end_ns"] <= kill.dead_ns + KILL_NOTICE_SLACK_NS)
 
 
-def close_race_resets(result, closes):
-    """How many resets of a load client's result a listener's close explains: the
-    connection was in flight at the instant a listener closed (`closes`: logged instants,
-    time.monotonic_ns()). Each reset counts once."""
-    t0 = result["t0_ns"]
-    return sum(1 for f in result.get("failures", []) if _at_close(f, t0, closes))
-
-
-def losses(result, *, closes=(), close_windows=(), kills=(), lost=0, held=0):
+def losses(result, *, close_windows=(), kills=(), lost=0, held=0):
     """Judges a load's failures (a load client's JSON result, with its `failures`
     records) against what may fail (see the module's doc):
 
-    closes: logged instants of listener closes, where a reset is the kernel's close race
-      (give them for the sysctl strategy only);
-    close_windows: (start, end) instants within which listeners closed unlogged (after a
-      signal: SIGNAL_CLOSE_NS), for servers without a program likewise;
+    close_windows: (start, end) instants within which listeners closed, where a reset is
+      the kernel's close race (give them only where listeners close unsteered): bracketed
+      by log lines (rpserver), or after a signal (SIGNAL_CLOSE_NS) where nothing logs it;
     kills: Kill records;
     lost: what workers that died otherwise (fast stop) had accepted, plus any slack;
     held: what a stopped worker had accepted at its stop.
@@ -130,7 +114,7 @@ def losses(result, *, closes=(), close_windows=(), kills=(), lost=0, held=0):
     unexplained = max(0, v.failed - len(records))  # no record: nothing but a count explains it
     accepted_left = sum(k.in_flight for k in kills)
     for f in records:
-        if _at_close(f, t0, closes, close_windows):
+        if _at_close(f, t0, close_windows):
             v.close_race += 1
         elif any(_at_kill(f, t0, k) for k in kills):
             if f["kind"] == "reset":
@@ -145,6 +129,33 @@ def losses(result, *, closes=(), close_windows=(), kills=(), lost=0, held=0):
     v.counted = min(unexplained, lost + held)
     v.unexcused = unexplained - v.counted
     return v
+
+
+def placed(result, *, close_windows=(), kills=()):
+    """One line per recorded failure: its kind and phase, when it was in flight, and the
+    nearest close window and kill (ms since the load's start): what a verdict
+    that failed needs to tell a timing race from a loss."""
+    t0 = result["t0_ns"]
+
+    def ms(ns):
+        return f"{(ns - t0) / MS:.1f}"
+
+    def nearest(instants, f):
+        mid = t0 + (f["start_ns"] + f["end_ns"]) // 2
+        return min(instants, key=lambda c: abs(c - mid), default=None)
+
+    lines = []
+    for f in result.get("failures", []):
+        parts = [f"{f['kind']} in phase {f['phase']}, in flight {f['start_ns'] / MS:.1f} to {f['end_ns'] / MS:.1f} ms"]
+        w = nearest([s for s, _ in close_windows], f)
+        if w is not None:
+            end = dict(close_windows)[w]
+            parts.append(f"nearest close window {ms(w)} to {ms(end)}")
+        k = min(kills, key=lambda k: abs(k.dead_ns - t0 - f["end_ns"]), default=None)
+        if k is not None:
+            parts.append(f"nearest kill sent at {ms(k.sent_ns)}, dead at {ms(k.dead_ns)}")
+        lines.append("; ".join(parts))
+    return lines
 
 
 # --- stall: one worker stopped (SIGSTOP) under load -----------------------------------------

@@ -31,12 +31,13 @@ class RpServer:
 
     strategy = "auto"
     user = None  # `user` directive: the workers of a root master drop to it
+    log_level = "info"  # error_log's level for the library's messages ("debug": close_windows())
 
     def configure(self, workers, listens, extra=""):
         self.listens = list(listens)
         with open(self.conf + ".tmp", "w") as f:
             user = f"user {self.user};\n" if self.user else ""
-            f.write(f"worker_processes {workers};\n{user}pid {self.pid_path};\nerror_log {self.log};\n")
+            f.write(f"worker_processes {workers};\n{user}pid {self.pid_path};\nerror_log {self.log} {self.log_level};\n")
             # "drain-keep-backlog": drain without shrinking the backlog, to measure what
             # the shrink (SYN cookies for new handshakes) is worth.
             strategy = "drain" if self.strategy == "drain-keep-backlog" else self.strategy
@@ -92,17 +93,27 @@ class RpServer:
                 out.append(ev)
         return out
 
-    def close_instants(self):
-        """When each retiring worker closed its listen sockets (the library logs it at
-        once), as time.monotonic_ns() values; the log's wall-clock milliseconds are
-        truncated, so each instant may be up to 1 ms early."""
+    def close_windows(self):
+        """When each retiring worker closed its listen sockets: (start, end) instants,
+        time.monotonic_ns(), from the library's line just before the close (debug level:
+        needs log_level "debug") to the one just after it, of the same process. The log's
+        wall-clock milliseconds are truncated, so the end gets 1 ms, and 1 ms more for a
+        reset the close caused on another CPU to be sent. A close with no line after it
+        (the worker died in between) has no window."""
         offset = time.time_ns() - time.monotonic_ns()
-        out = []
+        opened, out = {}, []
         for line in self.log_lines():
-            m = re.match(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.(\d{3}) .*reuseport: retired: closed", line)
-            if m:
-                wall = time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S"))
-                out.append(int(wall) * 1_000_000_000 + int(m.group(2)) * 1_000_000 - offset)
+            m = re.match(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.(\d{3}) \[\w+\] (\d+): reuseport: "
+                         r"(retire: closing|retired: closed|retired: drained)", line)
+            if not m:
+                continue
+            wall = time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S"))
+            at = int(wall) * 1_000_000_000 + int(m.group(2)) * 1_000_000 - offset
+            pid = int(m.group(3))
+            if m.group(4) == "retire: closing":
+                opened[pid] = at
+            elif pid in opened:
+                out.append((opened.pop(pid), at + 2_000_000))
         return out
 
     def worker_exits(self):

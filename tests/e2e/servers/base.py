@@ -22,8 +22,8 @@ class Adapter:
     library's socket layout is asserted (rpserver, patched nginx); addresses: the listen
     addresses a scenario uses when it names none; close_race_possible: listeners close
     without the program steering away first (the sysctl strategy, a master that cannot
-    load the program), so a reset at a close is the kernel's close race: close_instants()
-    and close_windows() say when they closed."""
+    load the program), so a reset at a close is the kernel's close race: close_windows()
+    says when they closed."""
 
     name = label = ""
     strict = True
@@ -34,13 +34,8 @@ class Adapter:
         self.kills = []  # (pid, sent_ns, dead_ns) of each SIGKILL
         self.default_cpus = None  # the CPUs start() binds the server to when given none
 
-    def close_instants(self):
-        """Logged instants (time.monotonic_ns()) at which a listener closed."""
-        return []
-
     def close_windows(self):
-        """(start, end) instants (time.monotonic_ns()) within which listeners closed
-        without a log line to time them by."""
+        """(start, end) instants (time.monotonic_ns()) within which listeners closed."""
         return []
 
     @property
