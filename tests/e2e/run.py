@@ -57,6 +57,7 @@ class Context:
             kw["cpus"] = cpu_split()[0]
         if self.args.timeline and not kw.get("timeline_ms"):
             kw["timeline_ms"] = self.args.timeline
+            kw.setdefault("slow_ms", self.args.slow_ms)
         load = Load(self.args.client, self.srv.dir, targets or self.srv.listens,
                     concurrency=concurrency or self.args.concurrency, rate=rate, quiet=False, **kw)
         self.loads.append(load)
@@ -83,6 +84,8 @@ def arguments(scenarios):
     common.add_argument("--pin", action="store_true",
                         help="the load client on one CPU and the server on the others (benchmarks)")
     common.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log) even when passing")
+    common.add_argument("--slow-ms", type=int, metavar="MS",
+                        help="with --timeline, what counts as slow in its timeline_slow (the client's default: 20)")
     common.add_argument("--timeline", type=int, default=0, metavar="MS",
                         help="the load client counts completions, and those of 20 ms or more, per MS-wide "
                              "bucket; the results line also gets the signals sent (s since the load started)")

@@ -28,13 +28,13 @@ def pinned(cpus):
 
 class Load:
     """loadclient in the background until stop() touches its until-file, or until its
-    duration is over (wait()). timeline_ms: its --timeline (0: none). quiet: -q, no
-    failure details on stderr."""
+    duration is over (wait()). timeline_ms: its --timeline (0: none), slow_ms: its
+    --slow-ms (None: the client's default). quiet: -q, no failure details on stderr."""
 
     _serial = itertools.count()
 
     def __init__(self, binary, workdir, targets, concurrency=32, rate=4000, timeout_ms=3000, duration=120,
-                 timeline_ms=0, cpus=None, quiet=True):
+                 timeline_ms=0, slow_ms=None, cpus=None, quiet=True):
         # One until-file per load: a scenario may run several, one after the other.
         self.stopfile = os.path.join(workdir, f"stop-load-{next(Load._serial)}")
         self.duration, self.timeout_ms = duration, timeout_ms
@@ -43,7 +43,8 @@ class Load:
             [binary, "-j"] + (["-q"] if quiet else [])
             + ["-c", str(concurrency), "-r", str(rate), "-d", str(duration), "-t", str(timeout_ms),
                "--until-file", self.stopfile]
-            + (["--timeline", str(timeline_ms)] if timeline_ms else []) + targets,
+            + (["--timeline", str(timeline_ms)] if timeline_ms else [])
+            + (["--slow-ms", str(slow_ms)] if timeline_ms and slow_ms is not None else []) + targets,
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, preexec_fn=pinned(cpus))
 
     def abort(self):
