@@ -17,6 +17,7 @@ use crate::steering::{self, SlotStatus, Steering};
 use crate::strategy::{Applied, Strategy};
 use crate::sys::{diag, fd::socket_inode};
 
+mod bind_key;
 mod bind_order;
 mod close_token;
 mod groups;
@@ -173,6 +174,7 @@ impl Set {
     /// closes it (what the kernel queued on it meanwhile migrates, through the program).
     /// Returns how many groups it reclaimed.
     pub fn reclaim_steering(&self) -> Result<usize> {
+        bind_key::bind_keys(&self.listeners.iter().map(|l| l.addr).collect::<Vec<_>>());
         let mut n = 0;
         for l in &self.listeners {
             let Some(s) = &l.steering else { continue };
@@ -264,8 +266,9 @@ impl Set {
     /// the set's strategy; on failure closes those it opened and changes nothing. A
     /// `single` process (`nginx -t`, a server without a master) may join a group that
     /// servers run: it leaves their program in place (Groups::join_running()). On each
-    /// port it binds first the address a process of this server bound last, to stay on
-    /// the kernel's fast path for reuseport binds (bind_order.rs).
+    /// port it binds first the address a process of this server bound last, after a
+    /// wildcard key, to stay on the kernel's fast path for reuseport binds (bind_key.rs,
+    /// bind_order.rs).
     fn open_all(&mut self, configure: bool, single: bool) -> Result<()> {
         // Per listener, in the set's order, whatever the order of the binds.
         type Opened = (OwnedFd, SocketAddr, Applied, Option<Arc<Steering>>);
@@ -275,6 +278,7 @@ impl Set {
             .iter()
             .map(|l| (l.addr.port(), l.steering.as_ref().map_or(0, |s| s.last_bind_ns())))
             .collect();
+        bind_key::bind_keys(&self.listeners.iter().map(|l| l.addr).collect::<Vec<_>>());
         for i in bind_order::bind_order(&last_bind) {
             let l = &self.listeners[i];
             let fd = socket::open(&l.addr, &l.options)?;

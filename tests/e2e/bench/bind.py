@@ -9,10 +9,12 @@ family asked for on a loopback port of its own per row (8081 up), N connections 
 on the server's side, as HTTP/1.0 or `Connection: close` does), then 30 sockets per family
 bound and listening; the median bind() and listen() times.
 
-Then the order of a generation's binds: 100 workers in a row, each binding one IPv4 and
-one IPv6 socket, in the configured order (IPv4, IPv6) or in the library's (on each port the
-address bound last first, set/bind_order.rs), on a port with the TIME_WAIT sockets: what
-each worker's two binds cost, and how many took the slow path."""
+Then a generation's binds: 100 workers in a row, each binding one IPv4 and one IPv6
+socket, in the configured order (IPv4, IPv6), in bind_order's (on each port the address
+bound last first, set/bind_order.rs), or as the library does, bind_order's after a
+wildcard key (set/bind_key.rs: a [::] socket without IPV6_V6ONLY bound and closed first),
+on a port with the TIME_WAIT sockets: what each worker's binds cost (the key's included),
+and how many took the slow path."""
 
 import os
 import socket
@@ -99,9 +101,24 @@ WORKERS = 100
 SLOW_US = 50
 
 
-def generation(tw, port, library_order):
+# How a generation's workers bind: (their order follows bind_order's rule, a key first).
+MODES = {"IPv4, IPv6 (configured)": (False, False), "last bound first": (True, False),
+         "wildcard key, then last bound first (the library)": (True, True)}
+
+
+def key_bind(port):
+    """bind_key.rs's key: [::]:port without IPV6_V6ONLY, SO_REUSEPORT, bound and closed."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    s.close()
+
+
+def generation(tw, port, library_order, key):
     """WORKERS workers, each binding IPv4 and IPv6 on `port` (with `tw` IPv4 TIME_WAIT
-    sockets): (median, max and total us of a worker's two binds, binds over SLOW_US)."""
+    sockets), after a key if `key`: (median, max and total us of a worker's binds, binds
+    over SLOW_US)."""
     first = {fam: listener(fam, port) for fam in (socket.AF_INET, socket.AF_INET6)}
     leave_time_wait(first[socket.AF_INET], port, tw)
     last = [socket.AF_INET, socket.AF_INET6]  # the listeners' binds, IPv6 last
@@ -110,6 +127,12 @@ def generation(tw, port, library_order):
         # The library's rule: the family bound last goes first (what the tables record).
         order = [last[-1], last[0]] if library_order else [socket.AF_INET, socket.AF_INET6]
         took = 0.0
+        if key:
+            t0 = time.perf_counter()
+            key_bind(port)
+            us = (time.perf_counter() - t0) * 1e6
+            took += us
+            slow += us > SLOW_US
         for fam in order:
             s = reuseport_socket(fam)
             t0 = time.perf_counter()
@@ -155,11 +178,11 @@ def inside(args):
     for tw in counts:
         if tw == 0:
             continue
-        for library_order in (False, True):
+        for what, (library_order, key) in MODES.items():
             port += 1
-            med, top, total, slow, seen = generation(tw, port, library_order)
-            what = "last bound first (the library)" if library_order else "IPv4, IPv6 (configured)"
-            print(f"| {seen} | {what} | {med:.1f} | {top:.1f} | {total / 1000:.1f} | {slow} of {2 * WORKERS} |")
+            med, top, total, slow, seen = generation(tw, port, library_order, key)
+            binds = (3 if key else 2) * WORKERS
+            print(f"| {seen} | {what} | {med:.1f} | {top:.1f} | {total / 1000:.1f} | {slow} of {binds} |")
             print(f"  generation, {seen} TIME_WAIT, {what}: done", file=sys.stderr, flush=True)
     return 0
 
