@@ -190,7 +190,8 @@ def run(args, sc, srv, ctx, name):
             print(f"{name}: {verdict.describe_stall(ctx.figures)}")
         record.update(in_flight_at_death=dead, in_flight_slack=slack, **r, **ctx.figures, **ctx.measured)
         if args.timeline and ctx.loads:
-            record["signals"] = [(round(t - ctx.loads[0].started, 3), what) for t, what in srv.timeline]
+            # Seconds since the load client's t0 (the same clock), as its timeline counts.
+            record["signals"] = [(round(t - r["t0_ns"] / 1e9, 4), what) for t, what in srv.timeline]
         # Connections a closing listener handed to a sibling (queued or half-open): what
         # leaving workers did not serve themselves.
         k = tcp_ext(["TCPMigrateReqSuccess", "TCPMigrateReqFailure"])

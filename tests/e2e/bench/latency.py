@@ -11,7 +11,12 @@ connections in flight, a new connection per request): `serve` (nginx) or `steady
 client runs on one CPU and the server on the others (e2e.run --pin). The load client measures every request's latency, from the start of
 its connect to the complete response: p50, p99, p999, max. The table gives, per scenario
 and server, the median over rounds of each figure, and the patched / stock ratios (the
-median of the per-round ratios): the goal is at most 1.1."""
+median of the per-round ratios): the goal is at most 1.1.
+
+For the reload storm it also folds the completions that took --slow-ms or more by their
+time since the last SIGHUP (phases.py): per thousand completions in each 10 ms of the
+100 ms between reloads, summed over the rounds. A burst after the signal is the reload
+itself; an even spread is a cost that lasts."""
 
 import os
 import platform
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from ..phases import slow_by_phase
 from ..servers.nginx import NginxBuild
 from .runs import default, failed_of, require_root, run_scenario
 
@@ -44,6 +50,8 @@ def add_arguments(p):
     p.add_argument("--alt", help=f"the prefix of another patched build, run as {ALT!r}")
     p.add_argument("--rpserver", default=default("build", "c-examples", "rpserver"))
     p.add_argument("--client", default=default("build", "c-examples", "loadclient"))
+    p.add_argument("--slow-ms", type=int, default=10,
+                   help="what counts as slow in the reload storm's fold by time since the last SIGHUP")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     p.add_argument("--servers", default=",".join(SERVERS),
@@ -113,7 +121,7 @@ def main(args):
                 extra = ["--client", args.client, "--sysctl", "0", "--rate", "0",
                          "--concurrency", str(args.concurrency), "--pin"]
                 if scenario == "reload_storm":
-                    extra += ["--duration", str(args.storm_seconds)]
+                    extra += ["--duration", str(args.storm_seconds), "--timeline", "1", "--slow-ms", str(args.slow_ms)]
                 elif scenario == "steady":
                     extra += ["--duration", str(args.steady_seconds)]
                 record, rc, out, took = run_scenario(server_args(args, server) + extra, scenario_of(server, scenario))
@@ -131,6 +139,11 @@ def main(args):
                 f["requests"] += record["requests"]
                 f["failed"] += failed_of(record)
                 f["migrated"] += record.get("migrated", 0)
+                if "timeline_slow" in record and "signals" in record:
+                    fold = slow_by_phase(record, record["signals"])
+                    summed = f.get("phases")
+                    f["phases"] = fold if summed is None else [
+                        (o, a + s, b + k) for (o, a, b), (_, s, k) in zip(summed, fold)]
                 for k in FIGURES:
                     f[k].append(lat[k])
                 print(f"  {scenario} {server}: {took:.1f} s, {record['requests']} requests, "
@@ -182,6 +195,20 @@ def main(args):
             met = all(ratios[k] is not None and ratios[k] <= GOAL for k in ("p99", "p999", "max"))
             print(f"| {scenario} | " + " | ".join("-" if ratios[k] is None else f"{ratios[k]:.2f}" for k in FIGURES)
                   + f" | {'yes' if met else 'no'} |")
+    folded = [(server, figures[("reload_storm", server)]["phases"]) for server in servers
+              if "phases" in figures.get(("reload_storm", server), {})]
+    if folded:
+        print("\n## Reload storm: slow requests by time since the last SIGHUP\n")
+        print(f"Completions that took {args.slow_ms} ms or more, per thousand completions in each 10 ms "
+              "after a SIGHUP, all rounds together (phases.py).\n")
+        print("| ms after SIGHUP | " + " | ".join(server for server, _ in folded) + " |")
+        print("|---|" + "---|" * len(folded))
+        for k, (offset, _, _) in enumerate(folded[0][1]):
+            cells = []
+            for _, slices in folded:
+                _, slow, ok = slices[k]
+                cells.append("-" if not ok else f"{1000 * slow / ok:.1f}")
+            print(f"| {offset}-{offset + 9} | " + " | ".join(cells) + " |")
     if failures:
         print("\n## Runs that failed\n")
         for what, rc, tail in failures:
