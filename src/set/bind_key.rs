@@ -50,8 +50,9 @@ pub(crate) fn keyed_ports(addrs: &[SocketAddr]) -> Vec<(u16, bool)> {
 
 /// Binds and closes the wildcard key of every port of `addrs` that has several
 /// addresses. Never fails: a key that cannot bind is logged at debug level.
-pub(crate) fn bind_keys(addrs: &[SocketAddr]) {
-    for (port, v6) in keyed_ports(addrs) {
+pub(crate) fn bind_keys(addrs: impl IntoIterator<Item = SocketAddr>) {
+    let addrs: Vec<SocketAddr> = addrs.into_iter().collect();
+    for (port, v6) in keyed_ports(&addrs) {
         if let Err(e) = bind_key(port, v6) {
             log::emit(
                 Level::Debug,

@@ -174,7 +174,7 @@ impl Set {
     /// closes it (what the kernel queued on it meanwhile migrates, through the program).
     /// Returns how many groups it reclaimed.
     pub fn reclaim_steering(&self) -> Result<usize> {
-        bind_key::bind_keys(&self.listeners.iter().map(|l| l.addr).collect::<Vec<_>>());
+        bind_key::bind_keys(self.listeners.iter().map(|l| l.addr));
         let mut n = 0;
         for l in &self.listeners {
             let Some(s) = &l.steering else { continue };
@@ -278,7 +278,7 @@ impl Set {
             .iter()
             .map(|l| (l.addr.port(), l.steering.as_ref().map_or(0, |s| s.last_bind_ns())))
             .collect();
-        bind_key::bind_keys(&self.listeners.iter().map(|l| l.addr).collect::<Vec<_>>());
+        bind_key::bind_keys(self.listeners.iter().map(|l| l.addr));
         for i in bind_order::bind_order(&last_bind) {
             let l = &self.listeners[i];
             let fd = socket::open(&l.addr, &l.options)?;

@@ -87,8 +87,8 @@ def arguments(scenarios):
     common.add_argument("--slow-ms", type=int, metavar="MS",
                         help="with --timeline, what counts as slow in its timeline_slow (the client's default: 20)")
     common.add_argument("--timeline", type=int, default=0, metavar="MS",
-                        help="the load client counts completions, and those of 20 ms or more, per MS-wide "
-                             "bucket; the results line also gets the signals sent (s since the load started)")
+                        help="the load client counts completions, and those of --slow-ms or more, per MS-wide "
+                             "bucket; the results line also gets the signals sent (s since the client's t0)")
     common.add_argument("scenario", choices=sorted(scenarios))
     servers = p.add_subparsers(dest="server", required=True)
     rp = servers.add_parser("rpserver", parents=[common], help="c-examples/server")

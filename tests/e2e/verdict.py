@@ -140,17 +140,13 @@ def placed(result, *, close_windows=(), kills=()):
     def ms(ns):
         return f"{(ns - t0) / MS:.1f}"
 
-    def nearest(instants, f):
-        mid = t0 + (f["start_ns"] + f["end_ns"]) // 2
-        return min(instants, key=lambda c: abs(c - mid), default=None)
-
     lines = []
     for f in result.get("failures", []):
         parts = [f"{f['kind']} in phase {f['phase']}, in flight {f['start_ns'] / MS:.1f} to {f['end_ns'] / MS:.1f} ms"]
-        w = nearest([s for s, _ in close_windows], f)
+        mid = t0 + (f["start_ns"] + f["end_ns"]) // 2
+        w = min(close_windows, key=lambda w: abs(w[0] - mid), default=None)
         if w is not None:
-            end = dict(close_windows)[w]
-            parts.append(f"nearest close window {ms(w)} to {ms(end)}")
+            parts.append(f"nearest close window {ms(w[0])} to {ms(w[1])}")
         k = min(kills, key=lambda k: abs(k.dead_ns - t0 - f["end_ns"]), default=None)
         if k is not None:
             parts.append(f"nearest kill sent at {ms(k.sent_ns)}, dead at {ms(k.dead_ns)}")

@@ -22,8 +22,10 @@ class Adapter:
     library's socket layout is asserted (rpserver, patched nginx); addresses: the listen
     addresses a scenario uses when it names none; close_race_possible: listeners close
     without the program steering away first (the sysctl strategy, a master that cannot
-    load the program), so a reset at a close is the kernel's close race: close_windows()
-    says when they closed."""
+    load the program), so a reset at a close is the kernel's close race: the adapter's
+    close_windows() says when they closed ((start, end) instants, time.monotonic_ns()).
+    No default here: in rpserver's adapter it would come before RpServer's in the method
+    order and hide it."""
 
     name = label = ""
     strict = True
@@ -33,10 +35,6 @@ class Adapter:
         self.timeline = []  # (time.monotonic(), what): the signals sent
         self.kills = []  # (pid, sent_ns, dead_ns) of each SIGKILL
         self.default_cpus = None  # the CPUs start() binds the server to when given none
-
-    def close_windows(self):
-        """(start, end) instants (time.monotonic_ns()) within which listeners closed."""
-        return []
 
     @property
     def ports(self):

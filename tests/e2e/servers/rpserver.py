@@ -33,11 +33,6 @@ class Rpserver(Adapter, RpServer):
         # With the sysctl alone there is no program to steer away from a closing listener.
         self.close_race_possible = strategy == "sysctl"
 
-    def close_windows(self):
-        # Named here: Adapter's default (none) comes first in the method order and would
-        # hide the log's windows, leaving every close race unexcused.
-        return RpServer.close_windows(self)
-
     def workers_of(self, master):
         """The master's live workers past their library call (worker_start logged), in
         spawn order."""
