@@ -441,3 +441,33 @@ fn with_its_own_sockets_leaving_a_group_sends_new_connections_to_its_fallback() 
     let _c = connect(s.addr, 64);
     assert_eq!((accept_all(&a), accept_all(&other)), (64, 0));
 }
+
+#[test]
+fn in_an_upgrade_the_old_generations_last_worker_stopped_has_its_queue_moved_to_the_new_one() {
+    let name = "in_an_upgrade_the_old_generations_last_worker_stopped_has_its_queue_moved_to_the_new_one";
+    let Some(old) = steering_or_skip(name) else { return };
+    let addr = old.addr;
+    let ((a, ca), (b, cb)) = (beating_member(&old), beating_member(&old));
+    // `b` stops: it neither accepts nor beats again, and its share of these waits for it.
+    let _c = connect(addr, 100);
+    let queued = 100 - accept_all(&a);
+    assert!(queued >= 10, "the hash gave the stopped worker a share: {queued}");
+    // The new binary's master attaches its own program and slots, with a worker...
+    let new = new_group(addr, super::slots::DEFAULT_CAPACITY).unwrap();
+    let (c, _cc) = beating_member(&new);
+    // ...and the old master's running worker retires: the stopped one is the last of the
+    // old table, but not of the group.
+    ca.mark_retiring();
+    let threshold = Duration::from_millis(40);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut served_by_c = 0;
+    while Instant::now() < deadline && served_by_c < queued {
+        watch(&old, threshold);
+        served_by_c += accept_all(&c);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(served_by_c, queued, "the old master moved the stopped worker's queue to the new generation");
+    assert_ne!(old.table().flags(cb.slot).load(Ordering::Acquire) & FLAG_STALE, 0, "judged stalled");
+    assert_eq!(accept_all(&b), 0, "nothing left for it");
+    assert_eq!(accept_all(&a), 0);
+}

@@ -23,7 +23,9 @@
 //!   use the call keeps plain even steering).
 //! - The last eligible worker of a group is not judged either (see `Observation::alone`):
 //!   with no sibling to steer to, the kernel's hash would take over, and send connections
-//!   to the workers already judged.
+//!   to the workers already judged. A listener of the group outside the table counts as a
+//!   sibling: in an upgrade, the old master's last worker once its siblings retired is
+//!   judged, and its queue moved to the new generation.
 //!
 //! The rescue. Connections already in a stalled worker's queue would wait for it (a
 //! SIGSTOPped worker: until SIGCONT; the clients time out first). The best outcome is that
@@ -285,6 +287,7 @@ impl WatchState {
             st.slots.resize(high, SlotMemory::default());
         }
         let mut eligible_now = (0..high).filter(|&j| eligible(t.flags(j).load(Ordering::Acquire))).count();
+        let outsiders = listeners.is_some_and(|l| outsiders_listen(t, high, l, s.addr));
         let typical_queue = listeners.map_or(0, |l| typical_queue(t, high, l));
         for i in 0..high {
             let flags = t.flags(i).load(Ordering::Acquire);
@@ -333,7 +336,7 @@ impl WatchState {
             };
             let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
             let unseen_at = if unseen { clock.instant(t.unseen_at(i).load(Ordering::Relaxed)) } else { None };
-            let alone = eligible_now <= usize::from(eligible(flags));
+            let alone = eligible_now <= usize::from(eligible(flags)) && !outsiders;
             let d = judge(
                 &mut st.slots[i],
                 flags,
@@ -388,6 +391,27 @@ fn typical_queue(t: &super::slots::Table, high: usize, listeners: &HashMap<u64, 
     // The lower median: with two workers, the other one's.
     let mid = (queues.len() - 1) / 2;
     *queues.select_nth_unstable(mid).1
+}
+
+/// Whether a listener of the group's address is not in this table: another master's
+/// worker (an upgrade's new generation, whose program now steers the group, or the old
+/// generation seen from the new master) or a member the server added as a fallback. Then
+/// this table's last eligible worker is not alone (verdict.rs, `Observation::alone`):
+/// steered around, or with its queue moved, its connections have somewhere to go. Without
+/// this, an old master whose other workers had retired never judged a stopped one, and
+/// what it had queued waited for it (the clients timed out) although the new workers
+/// served everything else.
+fn outsiders_listen(
+    t: &super::slots::Table,
+    high: usize,
+    listeners: &HashMap<u64, diag::Listener>,
+    addr: std::net::SocketAddr,
+) -> bool {
+    let ours: Vec<u64> = (0..high)
+        .filter(|&i| t.flags(i).load(Ordering::Acquire) & FLAG_CLAIMED != 0)
+        .map(|i| t.inode(i).load(Ordering::Relaxed))
+        .collect();
+    listeners.iter().any(|(ino, l)| l.is_on(&addr) && !ours.contains(ino))
 }
 
 /// Workers the table could not hold that died without saying so: forgotten, so the

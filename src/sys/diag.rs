@@ -42,6 +42,8 @@ struct Request {
 /// A listener as sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Listener {
+    /// The address it is bound to (unspecified for a wildcard).
+    pub ip: std::net::IpAddr,
     pub port: u16,
     /// Connections waiting in the accept queue.
     pub queue: u32,
@@ -153,12 +155,26 @@ fn dump(sock: &OwnedFd, family: u8, filter: &[u8], out: &mut HashMap<u64, Listen
                 SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
                     let m = at + 16;
                     let port = u16::from_be_bytes([buf[m + 4], buf[m + 5]]);
-                    out.insert(u32_at(m + 68) as u64, Listener { port, queue: u32_at(m + 56) });
+                    let src: [u8; 16] = buf[m + 8..m + 24].try_into().expect("16 bytes");
+                    let ip = if buf[m] == libc::AF_INET as u8 {
+                        std::net::IpAddr::from([src[0], src[1], src[2], src[3]])
+                    } else {
+                        std::net::IpAddr::from(src)
+                    };
+                    out.insert(u32_at(m + 68) as u64, Listener { ip, port, queue: u32_at(m + 56) });
                 }
                 _ => {}
             }
             at += (len + 3) & !3;
         }
+    }
+}
+
+impl Listener {
+    /// Whether it is bound to `addr` exactly: a member of that address's reuseport group
+    /// (or of another user's, which the kernel keeps apart).
+    pub(crate) fn is_on(&self, addr: &std::net::SocketAddr) -> bool {
+        self.port == addr.port() && self.ip == addr.ip()
     }
 }
 
@@ -186,6 +202,14 @@ mod tests {
         let me = all.get(&ino).expect("our listener is listed");
         assert_eq!(me.port, port);
         assert_eq!(me.queue, 2, "two connections wait to be accepted");
+        assert!(me.is_on(&l.local_addr().unwrap()), "listed with its address: {me:?}");
+        assert!(!me.is_on(&std::net::SocketAddr::from(([127, 0, 0, 2], port))), "another address is another group");
+        // An IPv6 address is read whole (where the host has IPv6).
+        if let Ok(l6) = std::net::TcpListener::bind("[::1]:0") {
+            let ino6 = std::fs::metadata(format!("/proc/self/fd/{}", l6.as_raw_fd())).unwrap().ino();
+            let all6 = tcp_listeners(&[libc::AF_INET6], &[l6.local_addr().unwrap().port()]).unwrap();
+            assert!(all6.get(&ino6).expect("listed").is_on(&l6.local_addr().unwrap()));
+        }
     }
 
     #[test]

@@ -137,8 +137,12 @@ class Nginx(Adapter):
 
     # -- config and start --
 
-    def configure(self, workers, listens, stream_listens=(), extra_main="", extra_http="", servers=None):
-        """listens: "127.0.0.1:8080", "[::1]:8080"... each gets `reuseport`, in http{}; the
+    def configure(self, workers, listens, stream_listens=(), extra_main="", extra_http="", servers=None,
+                  health_threshold_ms=None):
+        """health_threshold_ms: the patched build's `reuseport_health_threshold` (stock
+        nginx has no such directive: ignored).
+
+        listens: "127.0.0.1:8080", "[::1]:8080"... each gets `reuseport`, in http{}; the
         stream_listens in stream{}, proxied to the first HTTP address (stream's `return`
         would close without reading the request: the client would see resets).
 
@@ -150,6 +154,8 @@ class Nginx(Adapter):
         the reuseport addresses (one socket per worker); `plain` (shared) addresses are
         those listed without reuseport anywhere."""
         self.listens = list(listens) + list(stream_listens)
+        if health_threshold_ms is not None and self.build.kind == "patched" and self.steering:
+            extra_main += f"reuseport_health_threshold {health_threshold_ms}ms;\n"
         self.plain = []
         if servers is not None:
             reuseport = {line.split()[0] for srv in servers for line in srv if "reuseport" in line.split()[1:]}

@@ -33,6 +33,12 @@ class Rpserver(Adapter, RpServer):
         # With the sysctl alone there is no program to steer away from a closing listener.
         self.close_race_possible = strategy == "sysctl"
 
+    def configure(self, workers, listens, extra="", health_threshold_ms=None):
+        """health_threshold_ms: `reuseport_health_threshold` (the library's default when None)."""
+        if health_threshold_ms is not None:
+            extra += f"reuseport_health_threshold {health_threshold_ms}ms;\n"
+        RpServer.configure(self, workers, listens, extra)
+
     def workers_of(self, master):
         """The master's live workers past their library call (worker_start logged), in
         spawn order."""
