@@ -79,8 +79,8 @@ pub struct Observation {
     /// workers already judged (a stopped one among them). So the last eligible worker is
     /// neither marked stalled nor overloaded (on a loaded host, a healthy worker starved
     /// of CPU for the threshold looks stalled); the verdict comes once a sibling is back.
-    /// A listener of the group outside the table (another generation's, a fallback) is such
-    /// a sibling (watch.rs `outsiders_listen`).
+    /// Once the table's program sees no traffic, a listener of the group outside the table
+    /// (another generation's, a fallback) is such a sibling (watch.rs `outsiders_listen`).
     pub alone: bool,
     /// The lower median queue of the group's eligible slots at this reading (0 when unread).
     pub typical_queue: u32,

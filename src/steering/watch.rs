@@ -23,7 +23,8 @@
 //!   use the call keeps plain even steering).
 //! - The last eligible worker of a group is not judged either (see `Observation::alone`):
 //!   with no sibling to steer to, the kernel's hash would take over, and send connections
-//!   to the workers already judged. A listener of the group outside the table counts as a
+//!   to the workers already judged. Once the table's program sees no traffic (another
+//!   program steers the group), a listener of the group outside the table counts as a
 //!   sibling: in an upgrade, the old master's last worker once its siblings retired is
 //!   judged, and its queue moved to the new generation.
 //!
@@ -287,7 +288,11 @@ impl WatchState {
             st.slots.resize(high, SlotMemory::default());
         }
         let mut eligible_now = (0..high).filter(|&j| eligible(t.flags(j).load(Ordering::Acquire))).count();
-        let outsiders = listeners.is_some_and(|l| outsiders_listen(t, high, l, s.addr));
+        // Only while this table's program sees no traffic: the group's connections go through
+        // another program (an upgrade's new master attached its own) or none arrive. While
+        // ours still chooses, an outsider (an old generation's closing socket, a master's
+        // socket no worker adopted yet, `nginx -t`'s) is no sibling to send them to.
+        let outsiders = !st.moved && listeners.is_some_and(|l| outsiders_listen(t, high, l, s.addr));
         let typical_queue = listeners.map_or(0, |l| typical_queue(t, high, l));
         for i in 0..high {
             let flags = t.flags(i).load(Ordering::Acquire);
@@ -394,13 +399,13 @@ fn typical_queue(t: &super::slots::Table, high: usize, listeners: &HashMap<u64, 
 }
 
 /// Whether a listener of the group's address is not in this table: another master's
-/// worker (an upgrade's new generation, whose program now steers the group, or the old
-/// generation seen from the new master) or a member the server added as a fallback. Then
-/// this table's last eligible worker is not alone (verdict.rs, `Observation::alone`):
-/// steered around, or with its queue moved, its connections have somewhere to go. Without
-/// this, an old master whose other workers had retired never judged a stopped one, and
-/// what it had queued waited for it (the clients timed out) although the new workers
-/// served everything else.
+/// worker (an upgrade's new generation, whose program now steers the group) or a member
+/// the server added as a fallback. Then, when this table's program no longer sees the
+/// group's traffic, its last eligible worker is not alone (verdict.rs,
+/// `Observation::alone`): steered around, or with its queue moved, its connections have
+/// somewhere to go. Without this, an old master whose other workers had retired never
+/// judged a stopped one, and what it had queued waited for it (the clients timed out)
+/// although the new workers served everything else.
 fn outsiders_listen(
     t: &super::slots::Table,
     high: usize,

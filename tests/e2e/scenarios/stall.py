@@ -83,11 +83,11 @@ def stall_reload(srv, ctx):
 def stall_upgrade(srv, ctx):
     """Two workers, one stopped; binary upgrade while it is stopped: USR2, then QUIT to
     the old master, which exits once the stopped worker (continued 4 s after its stop)
-    has. The threshold (300 ms) puts the verdict after the QUIT, when the stopped worker
-    is the last of the old master's slots and only the new generation's workers share its
-    group: the old master must still judge it and move its queue to them (with the 50 ms
-    default that order came about one run in twenty, and the clients of its queue timed
-    out)."""
+    has. The threshold (300 ms) puts the verdict after the QUIT (about 50 ms after the
+    stop here), when the stopped worker is the last of the old master's slots and only the
+    new generation's workers share its group: the old master must still judge it and move
+    its queue to them (with the 50 ms default that order came about one run in twenty,
+    and the clients of its queue timed out)."""
     masters = {}
 
     def during(master, first):
