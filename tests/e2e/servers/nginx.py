@@ -139,8 +139,8 @@ class Nginx(Adapter):
 
     def configure(self, workers, listens, stream_listens=(), extra_main="", extra_http="", servers=None,
                   health_threshold_ms=None):
-        """health_threshold_ms: the patched build's `reuseport_health_threshold` (stock
-        nginx has no such directive: ignored).
+        """health_threshold_ms: the patched build's `reuseport_health_threshold` (ignored by
+        stock nginx, which has no such directive, and without steering, which sets 0).
 
         listens: "127.0.0.1:8080", "[::1]:8080"... each gets `reuseport`, in http{}; the
         stream_listens in stream{}, proxied to the first HTTP address (stream's `return`
