@@ -496,3 +496,106 @@ fn while_its_program_chooses_an_outsider_is_no_sibling_for_the_last_worker() {
         "the last worker its program chooses is not judged"
     );
 }
+
+/// A worker process for `slot`: an event loop that sleeps in epoll_wait() on `l`, and at
+/// each wakeup accepts what waits and beats (as SlotClaim::beat() records it). Only
+/// system calls and atomics in the child: the test binary is multithreaded.
+fn event_loop_worker(s: &Arc<Steering>, l: &TcpListener, slot: usize) -> libc::pid_t {
+    let t = s.table();
+    let (beats, arrivals, seen) = (t.beats(slot), t.arrivals(slot), t.seen(slot));
+    let fd = l.as_raw_fd();
+    // SAFETY: the child makes system calls and atomic stores only, then _exit()s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: system calls on the child's own fds and stack, atomics in the shared
+        // table; the loop never returns (the parent kills the child).
+        unsafe {
+            // Other tests' sockets, inherited, would outlive their close in the parent.
+            libc::syscall(libc::SYS_close_range, 3, fd - 1, 0);
+            libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0);
+            let ep = libc::epoll_create1(0);
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev);
+            loop {
+                beats.fetch_add(1, Ordering::SeqCst);
+                seen.store(arrivals.load(Ordering::SeqCst), Ordering::SeqCst);
+                libc::epoll_wait(ep, &mut ev, 1, -1);
+                loop {
+                    let c = libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK);
+                    if c < 0 {
+                        break;
+                    }
+                    libc::close(c);
+                }
+            }
+        }
+    }
+    pid
+}
+
+#[test]
+fn a_stalled_worker_asleep_in_epoll_with_nothing_queued_is_given_connections_again_a_stopped_one_is_not() {
+    let name = "a_stalled_worker_asleep_in_epoll_with_nothing_queued_is_given_connections_again_a_stopped_one_is_not";
+    let Some(s) = steering_or_skip(name) else { return };
+    let addr = s.addr;
+    let (a, b) = (member(addr, &s), member(addr, &s));
+    let ca = s.claim(a.as_fd(), inode(&a), 128).unwrap();
+    let cb = s.claim(b.as_fd(), inode(&b), 128).unwrap();
+    cb.beat();
+    let t = s.table();
+    // `a` is served by a process of its own, asleep in epoll_wait() between connections.
+    let child = event_loop_worker(&s, &a, ca.slot);
+    t.pid(ca.slot).store(child as u32, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(3);
+    while !crate::sys::procfs::waits_for_events(child as u32) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let threshold = Duration::from_millis(40);
+    // Judged stalled while it waits there with nothing queued: what a worker starved of
+    // CPU past the threshold comes back to once the rescue has moved its queue (woken by
+    // a connection, not run for the threshold, it finds its queue gone and sleeps again,
+    // and nothing is sent to a stalled slot). Only the watch can bring it back.
+    watch(&s, threshold); // the watch knows its heartbeat: a still one from now on
+                          // The two connections it was sent before the verdict, moved to `b` by the rescue, are
+                          // still unseen in its score.
+    t.arrivals(ca.slot).fetch_add(2, Ordering::SeqCst);
+    t.set_flags(ca.slot, FLAG_STALE);
+    let beats_before = t.beats(ca.slot).load(Ordering::SeqCst);
+    let mut open = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && t.beats(ca.slot).load(Ordering::SeqCst) == beats_before {
+        open.extend(connect(addr, 2));
+        cb.beat();
+        watch(&s, threshold);
+        accept_all(&b);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let woke = t.beats(ca.slot).load(Ordering::SeqCst) > beats_before;
+    let returned = t.flags(ca.slot).load(Ordering::Acquire) & FLAG_STALE == 0;
+    // Stopped (SIGSTOP), with nothing queued: never given connections again.
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child, libc::SIGSTOP) };
+    let until = Instant::now() + Duration::from_secs(3);
+    while crate::sys::procfs::waits_for_events(child as u32) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t.set_flags(ca.slot, FLAG_STALE);
+    let until = Instant::now() + threshold * 8;
+    while Instant::now() < until {
+        open.extend(connect(addr, 2));
+        cb.beat();
+        watch(&s, threshold);
+        accept_all(&b);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped_stays_out = t.flags(ca.slot).load(Ordering::Acquire) & FLAG_STALE != 0;
+    // SAFETY: our own child, killed and reaped.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    assert!(woke, "given connections again, it woke and beat");
+    assert!(returned, "back in the choice");
+    assert!(stopped_stays_out, "a stopped worker is not given connections again");
+}

@@ -19,6 +19,10 @@ const OVERLOAD_MIN: u32 = 16;
 /// ...and at least this many times the group's typical queue (the lower median of its
 /// eligible slots' at the same reading).
 const OVERLOAD_FACTOR: u32 = 2;
+/// A stalled worker found waiting for events with nothing queued is given new connections
+/// again a threshold after the verdict, then twice that after its next verdict, and so on
+/// up to this many doublings (64 thresholds, 3.2 s at the default) until it beats.
+const IDLE_RETURN_DOUBLINGS: u32 = 6;
 /// With verdicts off (threshold 0), how long a slot's socket may be missing from the
 /// listeners before its slot is freed (the watch then reads the queues once a second).
 pub(crate) const MISSING_GRACE_UNJUDGED: Duration = Duration::from_secs(1);
@@ -45,6 +49,9 @@ pub struct SlotMemory {
     unseen_since: Option<Instant>,
     stale_since: Option<Instant>,
     last_rescue: Option<Instant>,
+    /// Times it was given connections again, since its last heartbeat, because it waited
+    /// for events with nothing queued (the back-off of the next such return).
+    idle_returns: u32,
     growth: u32,
     overload_mark: u32,
     missing_since: Option<Instant>,
@@ -84,6 +91,10 @@ pub struct Observation {
     pub alone: bool,
     /// The lower median queue of the group's eligible slots at this reading (0 when unread).
     pub typical_queue: u32,
+    /// Its owner sleeps in its event loop's wait (procfs::waits_for_events()): asked only
+    /// of a slot marked stalled, with an empty queue, whose idle return is due
+    /// (SlotMemory::idle_return_due()); false otherwise.
+    pub waits_for_events: bool,
 }
 
 /// A slot's accept queue as one tick saw it.
@@ -104,6 +115,9 @@ pub struct Decision {
     pub rescue: bool,
     /// The slot's socket is gone: free the slot.
     pub free: bool,
+    /// The stalled verdict is lifted because its owner waits for events with nothing
+    /// queued, not because it beat.
+    pub idle_return: bool,
 }
 
 /// The verdict on one claimed slot. Pure: every rule is unit-tested.
@@ -127,6 +141,11 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         }
     };
     m.missing_since = None;
+    if flags & FLAG_STALE != 0 {
+        // A verdict made before this memory (a previous set's watch, before a reload) is
+        // timed from the first tick that sees it: its rescue and its idle return too.
+        m.stale_since.get_or_insert(now);
+    }
     let advanced = obs.beats != m.last_beats;
     track_unseen(m, advanced, &obs, now);
     m.last_beats = obs.beats;
@@ -144,6 +163,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     }
     if advanced {
         m.pending_since = None;
+        m.idle_returns = 0;
         if flags & FLAG_STALE != 0 {
             d.clear |= FLAG_STALE;
             m.stale_since = None;
@@ -163,7 +183,20 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         return d;
     }
     if queue == 0 {
-        m.pending_since = None; // idle, or already rescued
+        // Idle, or already rescued.
+        m.pending_since = None;
+        // A stalled worker that waits for events with nothing queued was starved of CPU,
+        // not stopped: its queue went to a sibling, and as nothing is sent to it and an
+        // idle loop has no timer, it would sleep in epoll_wait() for good, serving nothing,
+        // without beating. Given connections again, it wakes and beats; if it takes none
+        // within the threshold, the verdict comes back, and its next return waits twice as
+        // long.
+        if flags & FLAG_STALE != 0 && obs.waits_for_events && m.idle_return_due(now, threshold) {
+            d.clear |= FLAG_STALE;
+            d.idle_return = true;
+            m.stale_since = None;
+            m.idle_returns += 1;
+        }
         return d;
     }
     let pending = *m.pending_since.get_or_insert(m.unseen_since.unwrap_or(now));
@@ -240,6 +273,14 @@ impl SlotMemory {
         self.unseen_since
     }
 
+    /// Whether a stalled slot has been out of the choice long enough to be given connections
+    /// again should its owner wait for events with nothing queued: a threshold after the
+    /// verdict, doubled at each such return since its last heartbeat.
+    pub(crate) fn idle_return_due(&self, now: Instant, threshold: Duration) -> bool {
+        let wait = threshold * (1 << self.idle_returns.min(IDLE_RETURN_DOUBLINGS));
+        self.stale_since.is_some_and(|since| now - since >= wait)
+    }
+
     /// The heartbeat count this memory last saw.
     pub(crate) fn last_beats(&self) -> u64 {
         self.last_beats
@@ -255,11 +296,27 @@ mod tests {
     const T: Duration = Duration::from_millis(100);
 
     fn obs(beats: u64, queue: u32) -> Observation {
-        Observation { beats, queue: Queue::Len(queue), unseen: false, unseen_at: None, alone: false, typical_queue: 0 }
+        Observation {
+            beats,
+            queue: Queue::Len(queue),
+            unseen: false,
+            unseen_at: None,
+            alone: false,
+            typical_queue: 0,
+            waits_for_events: false,
+        }
     }
 
     fn unseen(beats: u64, queue: Queue) -> Observation {
-        Observation { beats, queue, unseen: true, unseen_at: None, alone: false, typical_queue: 0 }
+        Observation {
+            beats,
+            queue,
+            unseen: true,
+            unseen_at: None,
+            alone: false,
+            typical_queue: 0,
+            waits_for_events: false,
+        }
     }
 
     #[test]
@@ -286,12 +343,74 @@ mod tests {
         assert!(d.rescue);
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), at(175), T);
         assert_eq!(d, Decision::default(), "an emptied queue does not make a stalled worker healthy");
+        let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), at(260), T);
+        assert_eq!(d, Decision::default(), "nor does a threshold without connections, unless it waits for events");
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 2), at(200), T);
         assert!(!d.rescue, "not again within a threshold");
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 2), at(260), T);
         assert!(d.rescue, "stragglers are moved again later");
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(6, 2), at(275), T);
         assert_eq!(d.clear, FLAG_STALE, "a moving heartbeat brings it back");
+    }
+
+    /// A stalled worker, its queue moved, then found waiting for events.
+    fn stalled_and_rescued(m: &mut SlotMemory, t0: Instant) {
+        judge(m, LIVE, obs(5, 0), t0, T);
+        assert_eq!(judge(m, LIVE, obs(5, 3), t0 + T, T).set, 0);
+        assert_eq!(judge(m, LIVE, obs(5, 3), t0 + 2 * T, T).set, FLAG_STALE);
+    }
+
+    fn waiting(beats: u64) -> Observation {
+        Observation { waits_for_events: true, ..obs(beats, 0) }
+    }
+
+    #[test]
+    fn a_stalled_worker_waiting_for_events_with_nothing_queued_returns_with_a_growing_back_off() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        stalled_and_rescued(&mut m, t0);
+        let stale_at = t0 + 2 * T;
+        // Its queue moved, it sleeps in epoll_wait(): back a threshold after the verdict.
+        assert!(!m.idle_return_due(stale_at + T / 2, T));
+        assert_eq!(judge(&mut m, LIVE | FLAG_STALE, waiting(5), stale_at + T / 2, T), Decision::default());
+        assert!(m.idle_return_due(stale_at + T, T));
+        let d = judge(&mut m, LIVE | FLAG_STALE, waiting(5), stale_at + T, T);
+        assert_eq!((d.clear, d.idle_return), (FLAG_STALE, true));
+        // It takes none of what it is sent for a threshold: stalled again, and its next
+        // return waits two thresholds, then four.
+        let back = stale_at + T;
+        assert_eq!(judge(&mut m, LIVE, obs(5, 2), back + T / 4, T).set, 0);
+        let stale_again = back + T / 4 + T;
+        assert_eq!(judge(&mut m, LIVE, obs(5, 4), stale_again, T).set, FLAG_STALE);
+        assert!(!m.idle_return_due(stale_again + T, T));
+        assert!(!judge(&mut m, LIVE | FLAG_STALE, waiting(5), stale_again + T, T).idle_return);
+        assert!(judge(&mut m, LIVE | FLAG_STALE, waiting(5), stale_again + 2 * T, T).idle_return);
+        let third = stale_again + 2 * T + T;
+        judge(&mut m, LIVE, obs(5, 1), third - T, T);
+        assert_eq!(judge(&mut m, LIVE, obs(5, 1), third, T).set, FLAG_STALE);
+        assert!(!m.idle_return_due(third + 3 * T, T));
+        assert!(m.idle_return_due(third + 4 * T, T));
+        // The back-off stops doubling at 64 thresholds.
+        m.idle_returns = 40;
+        assert!(!m.idle_return_due(third + 63 * T, T));
+        assert!(m.idle_return_due(third + 64 * T, T));
+        // A heartbeat brings it back and starts the back-off afresh.
+        let d = judge(&mut m, LIVE | FLAG_STALE, obs(6, 0), third + 5 * T, T);
+        assert_eq!((d.clear, d.idle_return), (FLAG_STALE, false));
+        assert_eq!(m.idle_returns, 0);
+    }
+
+    #[test]
+    fn a_stalled_worker_with_connections_queued_or_not_waiting_for_events_stays_out() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        stalled_and_rescued(&mut m, t0);
+        let later = t0 + 10 * T;
+        // Queued connections: it does not take them, whatever it sleeps in.
+        let queued = Observation { waits_for_events: true, ..obs(5, 3) };
+        assert_eq!(judge(&mut m, LIVE | FLAG_STALE, queued, later, T).clear, 0);
+        // Stopped, or asleep elsewhere (waits_for_events false): out until it beats.
+        assert_eq!(judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), later + T, T), Decision::default());
     }
 
     #[test]
@@ -374,6 +493,7 @@ mod tests {
             unseen_at: None,
             alone: false,
             typical_queue: 0,
+            waits_for_events: false,
         };
         judge(&mut m, LIVE, obs(5, 4), t0, T);
         assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread(5), t0 + T, T), Decision::default());
@@ -394,6 +514,7 @@ mod tests {
             unseen_at: None,
             alone: false,
             typical_queue: 0,
+            waits_for_events: false,
         };
         assert!(!judge(&mut m, LIVE, gone, t0, T).free);
         assert!(judge(&mut m, LIVE, gone, t0 + T, T).free);
@@ -474,6 +595,7 @@ mod tests {
             unseen_at: None,
             alone: true,
             typical_queue: 0,
+            waits_for_events: false,
         };
         judge(&mut m, LIVE, obs(5, 0), at(0), T);
         for ms in [25, 100, 200, 300] {

@@ -10,7 +10,14 @@
 //!   50 ms) and its heartbeat has not moved. An idle worker blocked in epoll_wait() has an
 //!   empty queue, so it is never stalled, however old its heartbeat. A stalled slot stays
 //!   out of the program's choice until its heartbeat moves again: without that, its queue
-//!   (emptied by the rescue) would make it look idle and it would be chosen again.
+//!   (emptied by the rescue) would make it look idle and it would be chosen again. Or
+//!   until it is found asleep in its event loop's wait with nothing queued
+//!   (procfs::waits_for_events()): a healthy worker starved of CPU for the threshold on a
+//!   crowded host (200 workers on one CPU) wakes with its queue gone and nothing to wake
+//!   it again, so it would serve nothing for good; it is given connections again a
+//!   threshold after the verdict, and if it takes none the verdict comes back and the
+//!   next return waits twice as long (up to 64 thresholds). A stopped worker (SIGSTOP)
+//!   is never such a sleeper.
 //! - *overloaded*: its heartbeat moves but its queue grew at OVERLOAD_READINGS readings in
 //!   a row (under traffic the queues are read every two thresholds: eight thresholds,
 //!   400 ms at the default) and holds at least 16 and twice the group's typical queue (on
@@ -342,10 +349,16 @@ impl WatchState {
             let unseen = t.arrivals(i).load(Ordering::Relaxed) != t.seen(i).load(Ordering::Relaxed);
             let unseen_at = if unseen { clock.instant(t.unseen_at(i).load(Ordering::Relaxed)) } else { None };
             let alone = eligible_now <= usize::from(eligible(flags)) && !outsiders;
+            // Read from /proc only when it could bring the slot back (verdict.rs).
+            let waits_for_events = flags & FLAG_STALE != 0
+                && still
+                && queue == Queue::Len(0)
+                && st.slots[i].idle_return_due(now, threshold)
+                && procfs::waits_for_events(pid);
             let d = judge(
                 &mut st.slots[i],
                 flags,
-                Observation { beats, queue, unseen, unseen_at, alone, typical_queue },
+                Observation { beats, queue, unseen, unseen_at, alone, typical_queue, waits_for_events },
                 now,
                 threshold,
             );
@@ -360,6 +373,13 @@ impl WatchState {
             }
             if d.set != 0 {
                 t.set_flags(i, d.set);
+            }
+            if d.idle_return {
+                // What was sent to it before the verdict went to a sibling with its queue, but
+                // still counts as unseen in its score (the program compares arrivals with what
+                // its heartbeat saw): without this, every sibling would score lower and it
+                // would get nothing still. The next connection stamps a fresh arrival.
+                t.seen(i).store(t.arrivals(i).load(Ordering::SeqCst), Ordering::SeqCst);
             }
             if d.clear != 0 {
                 t.clear_flags(i, d.clear);
@@ -442,7 +462,9 @@ fn report(s: &Group<'_>, slot: usize, pid: u32, d: &Decision, queue: u32, thresh
     if d.set & FLAG_STALE != 0 {
         log::emit(Level::Warn, &format!("{addr}: worker {pid} (slot {slot}) is not accepting: {queue} connection(s) waited {} ms without a heartbeat; new connections go to its siblings", threshold.as_millis()));
     }
-    if d.clear & FLAG_STALE != 0 {
+    if d.idle_return {
+        log::emit(Level::Info, &format!("{addr}: worker {pid} (slot {slot}) waits for events with nothing queued (it was starved of CPU, not stopped); it gets new connections again"));
+    } else if d.clear & FLAG_STALE != 0 {
         log::emit(
             Level::Info,
             &format!("{addr}: worker {pid} (slot {slot}) is accepting again; it gets new connections again"),

@@ -35,6 +35,40 @@ pub(crate) fn alive(pid: u32) -> bool {
         && (unsafe { libc::kill(pid as i32, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
+/// Whether process `pid` sleeps in its event loop's wait (epoll_wait, poll, select,
+/// io_uring): it waits for events and has none. The watch asks this of a worker it marked
+/// stalled whose queue is empty: a healthy worker that was only starved of CPU for the
+/// threshold, and whose queue the rescue then moved away, sleeps there with nothing to
+/// wake it (no connection is sent to a stalled slot, and an idle loop has no timer), so
+/// it would never beat again. A stopped worker (state T), one running, or one asleep
+/// anywhere else (a blocking read, nanosleep, a lock) does not count. When /proc/PID/wchan
+/// says nothing (it reads "0" without ptrace access to the process, or when the kernel
+/// has no symbols), a sleeping worker counts: the watch's back-off bounds the cost of a
+/// wrong guess (verdict.rs).
+pub(crate) fn waits_for_events(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).ok();
+    sleeps_waiting_for_events(&stat, wchan.as_deref())
+}
+
+/// waits_for_events() on the text of /proc/PID/stat and /proc/PID/wchan.
+fn sleeps_waiting_for_events(stat: &str, wchan: Option<&str>) -> bool {
+    // The state follows the command's closing parenthesis (a command may hold spaces and
+    // parentheses of its own).
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    if state != Some("S") {
+        return false;
+    }
+    match wchan.map(str::trim) {
+        None | Some("" | "0") => true,
+        Some(w) => EVENT_WAITS.contains(&w),
+    }
+}
+
+/// Where a task waiting for events sleeps, as /proc/PID/wchan names it (Linux 5.x and 6.x).
+const EVENT_WAITS: &[&str] =
+    &["do_epoll_wait", "ep_poll", "do_sys_poll", "do_select", "core_sys_select", "io_cqring_wait"];
+
 /// CLOCK_MONOTONIC in milliseconds: comparable across the processes of one boot, unlike
 /// std's Instant, which cannot be stored in shared memory.
 pub(crate) fn monotonic_ms() -> u64 {
@@ -87,6 +121,98 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime fills the timespec it is given.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    const STAT: &str = "4242 (nginx: worker (x)) S 4241 4241 4241 0 -1 4194624 90 0 0 0";
+
+    #[test]
+    fn a_worker_asleep_in_its_event_wait_waits_for_events() {
+        for w in ["do_epoll_wait", "ep_poll", "do_sys_poll", "io_cqring_wait\n"] {
+            assert!(sleeps_waiting_for_events(STAT, Some(w)), "{w}");
+        }
+        // No word on where it sleeps (no ptrace access, no symbols): a sleeper counts.
+        assert!(sleeps_waiting_for_events(STAT, Some("0")));
+        assert!(sleeps_waiting_for_events(STAT, None));
+    }
+
+    #[test]
+    fn stopped_running_or_asleep_elsewhere_does_not() {
+        for w in ["hrtimer_nanosleep", "futex_wait_queue", "pipe_read", "do_signal_stop"] {
+            assert!(!sleeps_waiting_for_events(STAT, Some(w)), "{w}");
+        }
+        for state in ["T", "t", "R", "D", "Z"] {
+            let stat = STAT.replace(") S ", &format!(") {state} "));
+            assert!(!sleeps_waiting_for_events(&stat, Some("do_epoll_wait")), "{state}");
+        }
+        assert!(!sleeps_waiting_for_events("garbage", Some("do_epoll_wait")));
+    }
+
+    /// On this kernel: a child in epoll_wait() waits for events; stopped, it does not;
+    /// one in nanosleep() does not either.
+    #[test]
+    fn real_processes_are_told_apart() {
+        use std::time::{Duration, Instant};
+        fn child(f: fn()) -> u32 {
+            // SAFETY: the child only makes system calls, then _exit()s.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // Other tests' sockets, inherited, would outlive their close in the parent.
+                // SAFETY: closes this child's copies of fds 3 and up; nothing here uses them.
+                unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+                f();
+                // SAFETY: the child ends without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            pid as u32
+        }
+        fn settle(pid: u32, want: bool) -> bool {
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                if waits_for_events(pid) == want {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        }
+        fn poll_forever() {
+            // SAFETY: system calls on fds the child makes, pointers to its stack.
+            unsafe {
+                let ep = libc::epoll_create1(0);
+                let efd = libc::eventfd(0, 0);
+                let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev);
+                libc::epoll_wait(ep, &mut ev, 1, 10_000);
+            }
+        }
+        let polling = child(poll_forever);
+        let sleeping = child(|| {
+            // SAFETY: a plain system call.
+            unsafe { libc::sleep(10) };
+        });
+        let waits = settle(polling, true);
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(polling as i32, libc::SIGSTOP) };
+        let stopped_waits = !settle(polling, false);
+        // A sleeper elsewhere never counts: looked at for a while.
+        std::thread::sleep(Duration::from_millis(50));
+        let sleeper_waits = waits_for_events(sleeping);
+        for pid in [polling, sleeping] {
+            // SAFETY: our own children, killed and reaped.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+                libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+            }
+        }
+        assert!(waits, "a child in epoll_wait() waits for events");
+        assert!(!stopped_waits, "stopped, it does not");
+        assert!(!sleeper_waits, "one in sleep() does not");
+    }
 }
 
 #[cfg(test)]
