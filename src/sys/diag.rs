@@ -45,6 +45,10 @@ pub(crate) struct Listener {
     /// The address it is bound to (unspecified for a wildcard).
     pub ip: std::net::IpAddr,
     pub port: u16,
+    /// The device it is bound to (idiag_if: a link-local address's scope, or
+    /// SO_BINDTODEVICE; 0 for none). The kernel keeps sockets of different devices in
+    /// different reuseport groups.
+    pub dev: u32,
     /// Connections waiting in the accept queue.
     pub queue: u32,
 }
@@ -161,7 +165,8 @@ fn dump(sock: &OwnedFd, family: u8, filter: &[u8], out: &mut HashMap<u64, Listen
                     } else {
                         std::net::IpAddr::from(src)
                     };
-                    out.insert(u32_at(m + 68) as u64, Listener { ip, port, queue: u32_at(m + 56) });
+                    let dev = u32_at(m + 40);
+                    out.insert(u32_at(m + 68) as u64, Listener { ip, port, dev, queue: u32_at(m + 56) });
                 }
                 _ => {}
             }
@@ -172,9 +177,22 @@ fn dump(sock: &OwnedFd, family: u8, filter: &[u8], out: &mut HashMap<u64, Listen
 
 impl Listener {
     /// Whether it is bound to `addr` exactly: a member of that address's reuseport group
-    /// (or of another user's, which the kernel keeps apart).
+    /// (or of another user's, which the kernel keeps apart). A link-local IPv6 address
+    /// names its interface (its scope id, which bind() makes the socket's device); any
+    /// other address binds no device, so a socket bound to one (SO_BINDTODEVICE) is in
+    /// another group.
     pub(crate) fn is_on(&self, addr: &std::net::SocketAddr) -> bool {
-        self.port == addr.port() && self.ip == addr.ip()
+        self.port == addr.port() && self.ip == addr.ip() && self.dev == device_of(addr)
+    }
+}
+
+/// The device bind() gives a socket bound to `addr`: the scope id of a link-local
+/// address (a listener's address is never multicast), none otherwise.
+fn device_of(addr: &std::net::SocketAddr) -> u32 {
+    match addr {
+        // fe80::/10 (Ipv6Addr::is_unicast_link_local() is newer than the MSRV)
+        std::net::SocketAddr::V6(a) if a.ip().segments()[0] & 0xffc0 == 0xfe80 => a.scope_id(),
+        _ => 0,
     }
 }
 
@@ -210,6 +228,55 @@ mod tests {
             let all6 = tcp_listeners(&[libc::AF_INET6], &[l6.local_addr().unwrap().port()]).unwrap();
             assert!(all6.get(&ino6).expect("listed").is_on(&l6.local_addr().unwrap()));
         }
+    }
+
+    #[test]
+    fn a_socket_bound_to_a_device_is_not_on_the_plain_address() {
+        let reuseport = || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s
+        };
+        let l = reuseport();
+        l.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        l.listen(8).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let dev = reuseport();
+        if let Err(e) = dev.bind_device(Some(b"lo")) {
+            // SO_BINDTODEVICE needs CAP_NET_RAW.
+            eprintln!("SKIP a_socket_bound_to_a_device_is_not_on_the_plain_address: SO_BINDTODEVICE: {e}");
+            return;
+        }
+        dev.bind(&addr.into()).unwrap();
+        dev.listen(8).unwrap();
+        let ino = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+        let all = tcp_listeners(&[libc::AF_INET], &[addr.port()]).unwrap();
+        let plain = all.get(&ino(l.as_raw_fd())).expect("listed");
+        let bound = all.get(&ino(dev.as_raw_fd())).expect("listed");
+        assert!(plain.is_on(&addr));
+        assert_ne!(bound.dev, 0, "its device is read: {bound:?}");
+        assert!(!bound.is_on(&addr), "bound to lo: another group than {addr}'s");
+    }
+
+    #[test]
+    fn a_link_local_address_is_on_its_interface_only() {
+        let on = |scope: u32| {
+            std::net::SocketAddr::V6(std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0, scope))
+        };
+        let l = Listener { ip: "fe80::1".parse().unwrap(), port: 80, dev: 2, queue: 0 };
+        assert!(l.is_on(&on(2)));
+        assert!(!l.is_on(&on(3)), "the same address on another interface is another group");
+        // A global address binds no device, whatever scope id it is given.
+        let global = Listener { ip: "2001:db8::1".parse().unwrap(), port: 80, dev: 0, queue: 0 };
+        assert!(global.is_on(&"[2001:db8::1]:80".parse().unwrap()));
+        assert!(global.is_on(&std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+            "2001:db8::1".parse().unwrap(),
+            80,
+            0,
+            5
+        ))));
+        assert!(Listener { ip: "127.0.0.1".parse().unwrap(), port: 80, dev: 0, queue: 0 }
+            .is_on(&"127.0.0.1:80".parse().unwrap()));
     }
 
     #[test]
