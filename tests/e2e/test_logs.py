@@ -60,5 +60,38 @@ class CloseWindows(unittest.TestCase):
             self.assertIn(f"error_log {self.srv.log} debug;", f.read())
 
 
+class StallUpgradeOrder(unittest.TestCase):
+    """scenarios/stall.py verdict_order(): whether stall_upgrade's stopped worker was judged
+    after its running sibling began to retire, in nginx's log format and rpserver's."""
+
+    NGINX = [
+        "2026/12/02 20:09:22 [debug] 501#0: reuseport: retire: closing 1 listen socket(s)\n",
+        "2026/12/02 20:09:22 [warn] 500#0: reuseport: 127.0.0.1:8080: worker 502 (slot 1) is not accepting: "
+        "3 connection(s) waited 300 ms without a heartbeat; new connections go to its siblings\n",
+    ]
+
+    def test_the_verdict_after_the_retire_is_the_scenario_meant(self):
+        from e2e.scenarios.stall import verdict_order
+        self.assertFalse(verdict_order(self.NGINX, 501, 502).startswith("NOT EXERCISED"))
+        rp = [line(0, 1, "debug", 601, "reuseport: retire: closing 1 listen socket(s)"),
+              line(0, 9, "warn", 600, "reuseport: 127.0.0.1:8080: worker 602 (slot 1) is not accepting: x")]
+        self.assertFalse(verdict_order(rp, 601, 602).startswith("NOT EXERCISED"))
+        # nginx's error log at info has the retire's last line only.
+        info = [self.NGINX[0].replace("[debug]", "[info]").replace("retire: closing", "retired: closed"), self.NGINX[1]]
+        self.assertFalse(verdict_order(info, 501, 502).startswith("NOT EXERCISED"))
+
+    def test_a_verdict_first_or_no_retire_is_said_not_exercised(self):
+        from e2e.scenarios.stall import verdict_order
+        self.assertTrue(verdict_order(self.NGINX[::-1], 501, 502).startswith("NOT EXERCISED"))
+        self.assertTrue(verdict_order(self.NGINX[1:], 501, 502).startswith("NOT EXERCISED"))
+        # Another process's retire does not count (5010 is not 501).
+        other = [self.NGINX[0].replace("501#0", "5010#0"), self.NGINX[1]]
+        self.assertTrue(verdict_order(other, 501, 502).startswith("NOT EXERCISED"))
+
+    def test_without_a_verdict_there_is_nothing_to_say(self):
+        from e2e.scenarios.stall import verdict_order
+        self.assertIsNone(verdict_order(self.NGINX[:1], 501, 502))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -3,6 +3,7 @@ library's health-aware steering, nothing may fail but what it had accepted, and 
 stall4, stall_after_revert) the others keep 90% of the throughput and every worker gets
 its share again after SIGCONT. Their figures go into the results line either way."""
 
+import re
 import signal
 import time
 
@@ -100,8 +101,32 @@ def stall_upgrade(srv, ctx):
     def after(master, first, victim):
         srv.wait_exit(master)
         pid_file_names(srv, masters["new"])
+        order = verdict_order(srv.log_lines(), first[0], victim)
+        if order:
+            ctx.note(order)
 
     return stall_scenario(srv, ctx, 2, during=during, after=after, even=False, health_threshold_ms=300)
+
+
+def verdict_order(lines, running, victim):
+    """Whether the stopped worker's verdict came after the running one's retire (its
+    `retire: closing` at debug level, or its `retired:` line at info), as the
+    scenario means it to (the rule it tests judges the last worker of the old master's
+    table), from the order of the lines in the log every process appends to. None without
+    a verdict (a server without the library's steering); otherwise a sentence for the
+    run's output."""
+    def first_line(match):
+        return next((k for k, line in enumerate(lines) if match(line)), None)
+
+    verdict = first_line(lambda line: f"worker {victim} " in line and "is not accepting" in line)
+    if verdict is None:
+        return None
+    retire = first_line(lambda line: re.search(rf"\b{running}(#\d+)?: reuseport: .*(retire: closing|retired: )", line))
+    if retire is not None and retire < verdict:
+        return (f"the stopped worker {victim} was judged after the running worker {running} began to retire "
+                "or retired: the last worker of the old master's table, as this scenario means")
+    return (f"NOT EXERCISED: the stopped worker {victim} was judged before the running worker {running} "
+            "retired (or its retire was not logged): this run did not test the last-worker rule")
 
 
 @scenario()
