@@ -34,7 +34,8 @@ pub(crate) fn rescue(
         .filter(|&i| t.flags(i).load(Ordering::Acquire) & (FLAG_STALE | FLAG_RETIRING | FLAG_OVERLOADED) != 0)
         .map(|i| t.inode(i).load(Ordering::Relaxed))
         .collect();
-    if !listeners.iter().any(|(ino, l)| l.is_on(&s.addr) && *ino != inode && !unfit.contains(ino)) {
+    let dev = diag::group_device(listeners, [inode], &s.addr);
+    if !listeners.iter().any(|(ino, l)| l.is_on(&s.addr, dev) && *ino != inode && !unfit.contains(ino)) {
         log::emit(Level::Debug, &format!("{}: worker {pid}'s queue stays: no healthy sibling to take it", s.addr));
         return None;
     }

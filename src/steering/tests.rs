@@ -556,9 +556,10 @@ fn a_stalled_worker_asleep_in_epoll_with_nothing_queued_is_given_connections_aga
     // CPU past the threshold comes back to once the rescue has moved its queue (woken by
     // a connection, not run for the threshold, it finds its queue gone and sleeps again,
     // and nothing is sent to a stalled slot). Only the watch can bring it back.
-    watch(&s, threshold); // the watch knows its heartbeat: a still one from now on
-                          // The two connections it was sent before the verdict, moved to `b` by the rescue, are
-                          // still unseen in its score.
+    // The watch knows its heartbeat: a still one from now on.
+    watch(&s, threshold);
+    // The two connections it was sent before the verdict, moved to `b` by the rescue, are
+    // still unseen in its score.
     t.arrivals(ca.slot).fetch_add(2, Ordering::SeqCst);
     t.set_flags(ca.slot, FLAG_STALE);
     let beats_before = t.beats(ca.slot).load(Ordering::SeqCst);
@@ -580,16 +581,19 @@ fn a_stalled_worker_asleep_in_epoll_with_nothing_queued_is_given_connections_aga
     while crate::sys::procfs::waits_for_events(child as u32) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Its last beats are the watch's (a beat it took on waking must not lift the flag).
+    watch(&s, threshold);
     t.set_flags(ca.slot, FLAG_STALE);
     let until = Instant::now() + threshold * 8;
+    let mut stopped_stays_out = true;
     while Instant::now() < until {
         open.extend(connect(addr, 2));
         cb.beat();
         watch(&s, threshold);
         accept_all(&b);
+        stopped_stays_out &= t.flags(ca.slot).load(Ordering::Acquire) & FLAG_STALE != 0;
         std::thread::sleep(Duration::from_millis(10));
     }
-    let stopped_stays_out = t.flags(ca.slot).load(Ordering::Acquire) & FLAG_STALE != 0;
     // SAFETY: our own child, killed and reaped.
     unsafe {
         libc::kill(child, libc::SIGKILL);

@@ -52,6 +52,8 @@ pub struct SlotMemory {
     /// Times it was given connections again, since its last heartbeat, because it waited
     /// for events with nothing queued (the back-off of the next such return).
     idle_returns: u32,
+    /// When the watch last looked in /proc whether its owner waits for events.
+    last_probe: Option<Instant>,
     growth: u32,
     overload_mark: u32,
     missing_since: Option<Instant>,
@@ -93,7 +95,7 @@ pub struct Observation {
     pub typical_queue: u32,
     /// Its owner sleeps in its event loop's wait (procfs::waits_for_events()): asked only
     /// of a slot marked stalled, with an empty queue, whose idle return is due
-    /// (SlotMemory::idle_return_due()); false otherwise.
+    /// (SlotMemory::probe_due()); false otherwise.
     pub waits_for_events: bool,
 }
 
@@ -142,8 +144,8 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     };
     m.missing_since = None;
     if flags & FLAG_STALE != 0 {
-        // A verdict made before this memory (a previous set's watch, before a reload) is
-        // timed from the first tick that sees it: its rescue and its idle return too.
+        // A verdict this memory did not see made (the flag set in the shared table by
+        // another process) is timed from the first tick that sees it.
         m.stale_since.get_or_insert(now);
     }
     let advanced = obs.beats != m.last_beats;
@@ -153,6 +155,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
     if obs.beats == 0 {
         // Never beat: this worker's server does not call reuseport_heartbeat().
         d.clear = flags & (FLAG_STALE | FLAG_OVERLOADED);
+        m.stale_since = None;
         return d;
     }
     if flags & FLAG_OVERLOADED != 0 && queue <= m.overload_mark / 2 {
@@ -206,7 +209,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
         stale_since = Some(now);
         m.stale_since = stale_since;
     }
-    if let Some(since) = stale_since {
+    if let Some(since) = stale_since.filter(|_| (flags | d.set) & FLAG_STALE != 0) {
         let settled = now - since >= tick_for(threshold);
         let not_again = m.last_rescue.is_none_or(|t| now - t >= threshold);
         if settled && not_again {
@@ -224,6 +227,7 @@ pub fn judge(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant, thr
 fn housekeeping_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Instant) -> Decision {
     let mut d = Decision { clear: flags & (FLAG_STALE | FLAG_OVERLOADED), ..Decision::default() };
     m.last_beats = obs.beats;
+    m.stale_since = None;
     match obs.queue {
         Queue::Missing => d.free = now - *m.missing_since.get_or_insert(now) >= MISSING_GRACE_UNJUDGED,
         Queue::Len(_) => m.missing_since = None,
@@ -243,6 +247,7 @@ fn judge_beats_only(m: &mut SlotMemory, flags: u32, obs: Observation, now: Insta
     }
     m.last_beats = beats;
     m.pending_since = None;
+    m.idle_returns = 0;
     if flags & FLAG_STALE != 0 {
         d.clear = FLAG_STALE;
         m.stale_since = None;
@@ -279,6 +284,18 @@ impl SlotMemory {
     pub(crate) fn idle_return_due(&self, now: Instant, threshold: Duration) -> bool {
         let wait = threshold * (1 << self.idle_returns.min(IDLE_RETURN_DOUBLINGS));
         self.stale_since.is_some_and(|since| now - since >= wait)
+    }
+
+    /// Whether the watch should look in /proc now whether its owner waits for events: its
+    /// idle return is due, and it was not looked at within the threshold (a stopped
+    /// worker stays stalled for as long as it is stopped, and the watch ticks four times a
+    /// threshold meanwhile). Records the look.
+    pub(crate) fn probe_due(&mut self, now: Instant, threshold: Duration) -> bool {
+        let due = self.idle_return_due(now, threshold) && self.last_probe.is_none_or(|at| now - at >= threshold);
+        if due {
+            self.last_probe = Some(now);
+        }
+        due
     }
 
     /// The heartbeat count this memory last saw.
@@ -343,9 +360,9 @@ mod tests {
         assert!(d.rescue);
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), at(175), T);
         assert_eq!(d, Decision::default(), "an emptied queue does not make a stalled worker healthy");
-        let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), at(260), T);
+        let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), at(230), T);
         assert_eq!(d, Decision::default(), "nor does a threshold without connections, unless it waits for events");
-        let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 2), at(200), T);
+        let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 2), at(240), T);
         assert!(!d.rescue, "not again within a threshold");
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(5, 2), at(260), T);
         assert!(d.rescue, "stragglers are moved again later");
@@ -398,6 +415,40 @@ mod tests {
         let d = judge(&mut m, LIVE | FLAG_STALE, obs(6, 0), third + 5 * T, T);
         assert_eq!((d.clear, d.idle_return), (FLAG_STALE, false));
         assert_eq!(m.idle_returns, 0);
+    }
+
+    #[test]
+    fn the_watch_looks_in_proc_at_most_once_a_threshold_and_a_beat_on_any_tick_resets_the_back_off() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        stalled_and_rescued(&mut m, t0);
+        let stale_at = t0 + 2 * T;
+        assert!(!m.probe_due(stale_at + T / 2, T), "not before its return is due");
+        assert!(m.probe_due(stale_at + T, T));
+        assert!(!m.probe_due(stale_at + T + T / 4, T), "a stopped worker is not looked at every tick");
+        assert!(m.probe_due(stale_at + 2 * T, T));
+        // Returned once; a heartbeat seen on a tick that did not read the queues resets it.
+        m.idle_returns = 3;
+        let unread = Observation { queue: Queue::Unread, ..obs(6, 0) };
+        assert_eq!(judge(&mut m, LIVE | FLAG_STALE, unread, stale_at + 3 * T, T).clear, FLAG_STALE);
+        assert_eq!(m.idle_returns, 0);
+    }
+
+    #[test]
+    fn only_a_slot_marked_stalled_is_rescued() {
+        let mut m = SlotMemory::default();
+        let t0 = Instant::now();
+        stalled_and_rescued(&mut m, t0);
+        let at = |k: u32| t0 + 2 * T + k * T;
+        assert_eq!(judge(&mut m, LIVE | FLAG_STALE, obs(5, 0), at(1), T), Decision::default());
+        // The flag is lifted elsewhere (another process, by hand): connections that queue
+        // now are not rescued on the strength of the old verdict.
+        let d = judge(&mut m, LIVE, obs(5, 3), at(3), T);
+        assert_eq!((d.set, d.rescue), (0, false));
+        // A slot that never beat: its flag is lifted, and nothing rescued.
+        let mut m = SlotMemory::default();
+        let d = judge(&mut m, LIVE | FLAG_STALE, obs(0, 5), t0, T);
+        assert_eq!((d.clear, d.rescue), (FLAG_STALE, false));
     }
 
     #[test]

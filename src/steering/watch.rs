@@ -353,7 +353,7 @@ impl WatchState {
             let waits_for_events = flags & FLAG_STALE != 0
                 && still
                 && queue == Queue::Len(0)
-                && st.slots[i].idle_return_due(now, threshold)
+                && st.slots[i].probe_due(now, threshold)
                 && procfs::waits_for_events(pid);
             let d = judge(
                 &mut st.slots[i],
@@ -436,7 +436,8 @@ fn outsiders_listen(
         .filter(|&i| t.flags(i).load(Ordering::Acquire) & FLAG_CLAIMED != 0)
         .map(|i| t.inode(i).load(Ordering::Relaxed))
         .collect();
-    listeners.iter().any(|(ino, l)| l.is_on(&addr) && !ours.contains(ino))
+    let dev = diag::group_device(listeners, ours.iter().copied(), &addr);
+    listeners.iter().any(|(ino, l)| l.is_on(&addr, dev) && !ours.contains(ino))
 }
 
 /// Workers the table could not hold that died without saying so: forgotten, so the

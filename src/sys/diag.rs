@@ -176,14 +176,26 @@ fn dump(sock: &OwnedFd, family: u8, filter: &[u8], out: &mut HashMap<u64, Listen
 }
 
 impl Listener {
-    /// Whether it is bound to `addr` exactly: a member of that address's reuseport group
-    /// (or of another user's, which the kernel keeps apart). A link-local IPv6 address
-    /// names its interface (its scope id, which bind() makes the socket's device); any
-    /// other address binds no device, so a socket bound to one (SO_BINDTODEVICE) is in
-    /// another group.
-    pub(crate) fn is_on(&self, addr: &std::net::SocketAddr) -> bool {
-        self.port == addr.port() && self.ip == addr.ip() && self.dev == device_of(addr)
+    /// Whether it is bound to `addr` on device `dev` exactly: a member of that group (or of
+    /// another user's, which the kernel keeps apart). The kernel keeps sockets of
+    /// different devices in different reuseport groups; `dev` comes from group_device().
+    pub(crate) fn is_on(&self, addr: &std::net::SocketAddr, dev: u32) -> bool {
+        self.port == addr.port() && self.ip == addr.ip() && self.dev == dev
     }
+}
+
+/// The device of the group on `addr` whose members include sockets `own` (inodes): that
+/// of the first of them listed on `addr` (under `ip vrf exec`, or SO_BINDTODEVICE, every
+/// socket a server makes is bound to a device), or else the device bind() gives `addr`.
+pub(crate) fn group_device(
+    listeners: &HashMap<u64, Listener>,
+    own: impl IntoIterator<Item = u64>,
+    addr: &std::net::SocketAddr,
+) -> u32 {
+    own.into_iter()
+        .filter_map(|ino| listeners.get(&ino))
+        .find(|l| l.port == addr.port() && l.ip == addr.ip())
+        .map_or_else(|| device_of(addr), |l| l.dev)
 }
 
 /// The device bind() gives a socket bound to `addr`: the scope id of a link-local
@@ -220,42 +232,54 @@ mod tests {
         let me = all.get(&ino).expect("our listener is listed");
         assert_eq!(me.port, port);
         assert_eq!(me.queue, 2, "two connections wait to be accepted");
-        assert!(me.is_on(&l.local_addr().unwrap()), "listed with its address: {me:?}");
-        assert!(!me.is_on(&std::net::SocketAddr::from(([127, 0, 0, 2], port))), "another address is another group");
+        assert!(me.is_on(&l.local_addr().unwrap(), 0), "listed with its address: {me:?}");
+        assert!(!me.is_on(&std::net::SocketAddr::from(([127, 0, 0, 2], port)), 0), "another address is another group");
         // An IPv6 address is read whole (where the host has IPv6).
         if let Ok(l6) = std::net::TcpListener::bind("[::1]:0") {
             let ino6 = std::fs::metadata(format!("/proc/self/fd/{}", l6.as_raw_fd())).unwrap().ino();
             let all6 = tcp_listeners(&[libc::AF_INET6], &[l6.local_addr().unwrap().port()]).unwrap();
-            assert!(all6.get(&ino6).expect("listed").is_on(&l6.local_addr().unwrap()));
+            assert!(all6.get(&ino6).expect("listed").is_on(&l6.local_addr().unwrap(), 0));
         }
     }
 
     #[test]
-    fn a_socket_bound_to_a_device_is_not_on_the_plain_address() {
+    fn a_group_bound_to_a_device_and_one_that_is_not_are_told_apart() {
         let reuseport = || {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             s.set_reuse_port(true).unwrap();
             s
         };
-        let l = reuseport();
-        l.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-        l.listen(8).unwrap();
-        let addr = l.local_addr().unwrap().as_socket().unwrap();
-        let dev = reuseport();
-        if let Err(e) = dev.bind_device(Some(b"lo")) {
+        let plain = reuseport();
+        plain.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        plain.listen(8).unwrap();
+        let addr = plain.local_addr().unwrap().as_socket().unwrap();
+        let (dev_a, dev_b) = (reuseport(), reuseport());
+        if let Err(e) = dev_a.bind_device(Some(b"lo")) {
             // SO_BINDTODEVICE needs CAP_NET_RAW.
-            eprintln!("SKIP a_socket_bound_to_a_device_is_not_on_the_plain_address: SO_BINDTODEVICE: {e}");
+            eprintln!("SKIP a_group_bound_to_a_device_and_one_that_is_not_are_told_apart: SO_BINDTODEVICE: {e}");
             return;
         }
-        dev.bind(&addr.into()).unwrap();
-        dev.listen(8).unwrap();
+        dev_b.bind_device(Some(b"lo")).unwrap();
+        for s in [&dev_a, &dev_b] {
+            s.bind(&addr.into()).unwrap();
+            s.listen(8).unwrap();
+        }
         let ino = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+        let (p, a, b) = (ino(plain.as_raw_fd()), ino(dev_a.as_raw_fd()), ino(dev_b.as_raw_fd()));
         let all = tcp_listeners(&[libc::AF_INET], &[addr.port()]).unwrap();
-        let plain = all.get(&ino(l.as_raw_fd())).expect("listed");
-        let bound = all.get(&ino(dev.as_raw_fd())).expect("listed");
-        assert!(plain.is_on(&addr));
-        assert_ne!(bound.dev, 0, "its device is read: {bound:?}");
-        assert!(!bound.is_on(&addr), "bound to lo: another group than {addr}'s");
+        // The plain group: its own socket's device, none; the device-bound ones are not on it.
+        let plain_dev = group_device(&all, [p], &addr);
+        assert_eq!(plain_dev, 0);
+        assert!(all[&p].is_on(&addr, plain_dev));
+        assert!(!all[&a].is_on(&addr, plain_dev), "bound to lo: another group than {addr}'s");
+        // A group whose own sockets are bound to a device (as under `ip vrf exec`): its
+        // members are on it, the plain socket is not.
+        let lo_dev = group_device(&all, [a], &addr);
+        assert_ne!(lo_dev, 0, "its device is read: {:?}", all[&a]);
+        assert!(all[&b].is_on(&addr, lo_dev), "a sibling bound to the same device");
+        assert!(!all[&p].is_on(&addr, lo_dev));
+        // Without any of its own sockets listed: the device bind() gives the address.
+        assert_eq!(group_device(&all, [12345], &addr), 0);
     }
 
     #[test]
@@ -263,20 +287,15 @@ mod tests {
         let on = |scope: u32| {
             std::net::SocketAddr::V6(std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0, scope))
         };
+        assert_eq!(device_of(&on(2)), 2);
         let l = Listener { ip: "fe80::1".parse().unwrap(), port: 80, dev: 2, queue: 0 };
-        assert!(l.is_on(&on(2)));
-        assert!(!l.is_on(&on(3)), "the same address on another interface is another group");
+        let none = HashMap::new();
+        assert!(l.is_on(&on(2), group_device(&none, [], &on(2))));
+        assert!(!l.is_on(&on(3), group_device(&none, [], &on(3))), "the same address on another interface");
         // A global address binds no device, whatever scope id it is given.
-        let global = Listener { ip: "2001:db8::1".parse().unwrap(), port: 80, dev: 0, queue: 0 };
-        assert!(global.is_on(&"[2001:db8::1]:80".parse().unwrap()));
-        assert!(global.is_on(&std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
-            "2001:db8::1".parse().unwrap(),
-            80,
-            0,
-            5
-        ))));
-        assert!(Listener { ip: "127.0.0.1".parse().unwrap(), port: 80, dev: 0, queue: 0 }
-            .is_on(&"127.0.0.1:80".parse().unwrap()));
+        let scoped = std::net::SocketAddr::V6(std::net::SocketAddrV6::new("2001:db8::1".parse().unwrap(), 80, 0, 5));
+        assert_eq!(device_of(&scoped), 0);
+        assert_eq!(device_of(&"127.0.0.1:80".parse().unwrap()), 0);
     }
 
     #[test]
