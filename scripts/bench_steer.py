@@ -5,7 +5,10 @@ namespace, with kernel.bpf_stats_enabled=1 for its duration). Prints Markdown ta
 1. cost: the group program's ns per new connection (the kernel's run_time_ns / run_cnt)
    at 2, 64, 256 and 1024 workers, steering versus the plain migration program, side by
    side in one run; connections per second with each and with no program; workers that
-   served (c-examples/steercost.c);
+   served (c-examples/steercost.c); then the reference programs beside them: one trivial
+   helper call, one bpf_sk_select_reuseport() call that selects nothing, and one that
+   selects hash % workers (the least any selecting program does), each to the migration
+   program's cost in the same run;
 2. the master's watch: wakeups per second and CPU of an idle rpserver master (4 workers,
    1 address), and under load with 64 workers x 4 addresses;
 3. stall detection: from SIGSTOP of one worker under load to the master's verdict;
@@ -44,40 +47,67 @@ def wait_for(pred, timeout, what):
 
 # ---- 1. cost per connection ------------------------------------------------------------
 
+# What each program steercost runs is called in the group (its name, as the kernel holds it).
+PROGRAMS = {"steer": "reuseport_steer", "migrate": "reuseport_mig", "none": "none", "helper": "rp_helper",
+            "select-none": "rp_select_none", "select-hash": "rp_select_hash"}
+REFERENCES = ["helper", "select-none", "select-hash"]
+
+
 def steercost(workers, program, connections):
     out = subprocess.run([STEERCOST, "--workers", str(workers), "--program", program, "--connections",
                           str(connections)], capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise RuntimeError(f"steercost {workers} {program}: {out.stderr.strip()}")
     res = json.loads(out.stdout)
-    # The program the group held, by its name: a column must measure what it says.
-    want = {"steer": "reuseport_steer", "migrate": "reuseport_mig", "none": "none"}[program]
-    if res["held"] != want:
-        raise RuntimeError(f"steercost {workers} {program}: the group held {res['held']!r}, not {want!r}")
+    # A column must measure what it says: the program the group held, every connection
+    # made, every worker served (a program that sent everything to one socket would be cheap
+    # for the wrong reason).
+    problems = []
+    if res["held"] != PROGRAMS[program]:
+        problems.append(f"the group held {res['held']!r}, not {PROGRAMS[program]!r}")
+    if res["failed"]:
+        problems.append(f"{res['failed']} of {connections} connections failed")
+    if res["served_workers"] != workers:
+        problems.append(f"{res['served_workers']} of {workers} workers served")
+    if problems:
+        raise RuntimeError(f"steercost {workers} {program}: " + "; ".join(problems))
     return res
 
 
 def cost_table(args):
     rows = []
+    programs = ["steer", "migrate", "none"] + REFERENCES
     for n in args.workers:
-        runs = {"steer": [], "migrate": [], "none": []}
+        runs = {p: [] for p in programs}
         for r in range(args.rounds):
-            order = ["steer", "migrate", "none"] if r % 2 == 0 else ["none", "migrate", "steer"]
-            for p in order:
+            for p in programs if r % 2 == 0 else programs[::-1]:
                 log(f"cost: {n} workers, {p}, round {r + 1}")
                 runs[p].append(steercost(n, p, args.connections))
         ns = {p: sum(x["run_time_ns"] for x in v) / max(1, sum(x["run_cnt"] for x in v)) for p, v in runs.items()}
         cps = {p: sum(x["conn_per_s"] for x in v) / len(v) for p, v in runs.items()}
         served = {p: min(x["served_workers"] for x in v) for p, v in runs.items()}
         rows.append((n, ns, cps, served))
+
+    def ratio(ns, p):
+        return ns[p] / ns["migrate"] if ns["migrate"] else float("nan")
+
     print("### Cost per new connection\n")
     print("| workers | steering ns/conn | migration ns/conn | steering / migration | conn/s steering | conn/s migration"
           " | conn/s no program | workers served (steering / migration / none) |")
     print("|---|---|---|---|---|---|---|---|")
     for n, ns, cps, served in rows:
-        ratio = ns["steer"] / ns["migrate"] if ns["migrate"] else float("nan")
-        print(f"| {n} | {ns['steer']:.0f} | {ns['migrate']:.0f} | {ratio:.2f} | {cps['steer']:.0f} | "
+        print(f"| {n} | {ns['steer']:.0f} | {ns['migrate']:.0f} | {ratio(ns, 'steer'):.2f} | {cps['steer']:.0f} | "
               f"{cps['migrate']:.0f} | {cps['none']:.0f} | {served['steer']} / {served['migrate']} / {served['none']} of {n} |")
+    print()
+    print("### What any program pays: reference programs in the same run\n")
+    print("ns per connection (ratio to the migration program). helper: one trivial helper call; select-none: one "
+          "bpf_sk_select_reuseport() call with a key past its map's end (selects nothing); select-hash: one call "
+          "selecting hash % workers (the least a selecting program does); steering: the library's program.\n")
+    print("| workers | migration | helper | select-none | select-hash | steering | steering - select-hash ns |")
+    print("|---|---|---|---|---|---|---|")
+    for n, ns, _, _ in rows:
+        cells = " | ".join(f"{ns[p]:.0f} ({ratio(ns, p):.2f})" for p in REFERENCES + ["steer"])
+        print(f"| {n} | {ns['migrate']:.0f} | {cells} | {ns['steer'] - ns['select-hash']:.0f} |")
     print()
 
 
@@ -244,7 +274,12 @@ def main():
     ap.add_argument("--busy-concurrency", type=int, default=64)
     ap.add_argument("--only", nargs="+", choices=["cost", "watch", "stall", "busy"],
                     default=["cost", "watch", "stall", "busy"])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"),
+                    help="the cmake build directory holding c-examples/ (default: build)")
     args = ap.parse_args()
+    global STEERCOST, RPSERVER, LOADCLIENT
+    STEERCOST, RPSERVER, LOADCLIENT = (os.path.join(args.build, "c-examples", b)
+                                       for b in ("steercost", "rpserver", "loadclient"))
     for name in args.only:
         {"cost": cost_table, "watch": watch_table, "stall": stall_table, "busy": busy_table}[name](args)
 
