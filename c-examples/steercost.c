@@ -343,13 +343,22 @@ int main(int argc, char **argv)
     char held[32];
     unsigned insns;
     program_stats(&cnt1, &ns1, held, sizeof held, &insns, reference_fd);
-    usleep(300000); /* the workers take what is queued */
-    int served = 0;
-    uint64_t total = 0, most = 0;
-    for (int i = 0; i < workers; i++) {
-        served += counts->served[i] > 0;
-        total += counts->served[i];
-        most = counts->served[i] > most ? counts->served[i] : most;
+    /* The workers take what is queued: with a thousand of them on two CPUs, one may not
+     * run for a while; wait (10 s at most) until every connection made was accepted. */
+    int served;
+    uint64_t total, most;
+    int64_t drain_deadline = now_ns() + 10 * 1000000000LL;
+    for (;;) {
+        served = 0;
+        total = most = 0;
+        for (int i = 0; i < workers; i++) {
+            served += counts->served[i] > 0;
+            total += counts->served[i];
+            most = counts->served[i] > most ? counts->served[i] : most;
+        }
+        if (total >= (uint64_t)ok || now_ns() > drain_deadline)
+            break;
+        usleep(10000);
     }
     unsigned long long runs = cnt1 - cnt0, run_ns = ns1 - ns0;
     printf("{\"program\":\"%s\",\"held\":\"%s\",\"insns\":%u,\"workers\":%d,\"connections\":%d,\"ok\":%d,\"failed\":%d,\"seconds\":%.3f,"
