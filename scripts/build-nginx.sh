@@ -4,17 +4,22 @@
 #   target/nginx-<line>-patched  with the reuseport patch (scripts/nginx-patch.sh: the
 #                                version's hooks plus the shared glue), linked with the
 #                                library (target/release/libreuseport.a)
+#   target/nginx-<line>-stock-nooverlap  (--nooverlap only) upstream nginx whose master
+#                                does not wait 100 ms after starting a reload's workers
+#                                before it tells the old ones to quit: a diagnostic
+#                                baseline (docs/benchmarks.md, "Reload latency")
 # <line> is the stable line: 1.22, 1.26, 1.30. target/nginx-stock and target/nginx-patched
 # are links to the 1.22 builds (Debian 12's nginx). Each is a standard nginx prefix:
 # sbin/nginx, conf/, html/, logs/.
 #
-# Usage: scripts/build-nginx.sh [VERSION...] [--tarball PATH] [--sha256 HEX]
+# Usage: scripts/build-nginx.sh [VERSION...] [--tarball PATH] [--sha256 HEX] [--nooverlap]
 #   VERSION   1.22 (1.22.1, Debian 12), 1.26 (1.26.3, Debian 13), 1.30 (1.30.6, Debian
 #             unstable), or an exact version; default: all three lines.
 #   --tarball an nginx source tarball (upstream's nginx-X.Y.Z.tar.gz, Debian's orig
 #             tarball, or a `git archive` of nginx's repository): builds its version
 #             (read from its src/core/nginx.h), instead of downloading.
 #   --sha256  the digest the tarball must have (versions of the table below have theirs).
+#   --nooverlap  also build the stock-nooverlap tree above.
 #
 # The source is, in this order: --tarball PATH (or $NGINX_TARBALL); the cached copy
 # target/nginx/nginx_<version>.orig.tar.gz; Debian's source package of the suite that
@@ -46,6 +51,7 @@ DEFAULT_LINES="1.22 1.26 1.30"
 
 TARBALL=${NGINX_TARBALL:-}
 WANT_SHA=""
+NOOVERLAP=""
 REQUESTED=()
 
 usage() {
@@ -57,6 +63,7 @@ while [ $# -gt 0 ]; do
         --tarball) TARBALL=${2:?--tarball needs a path}; shift 2 ;;
         --tarball=*) TARBALL=${1#*=}; shift ;;
         --sha256) WANT_SHA=${2:?--sha256 needs a hex digest}; shift 2 ;;
+        --nooverlap) NOOVERLAP=1; shift ;;
         --nginx-version) REQUESTED+=("${2:?--nginx-version needs a version}"); shift 2 ;; # older spelling
         -h|--help) usage 0 ;;
         -*) echo "build-nginx.sh: unknown argument: $1" >&2; usage 1 >&2 ;;
@@ -252,6 +259,20 @@ remove it if it is a stale cached copy, or pass the right tarball"
     patched_ld="$LIB $(cat "$NATIVE_LIBS")"
     build_tree stock
     build_tree patched
+    if [ -n "$NOOVERLAP" ]; then build_tree stock-nooverlap; fi
+}
+
+# The stock-nooverlap tree: on a reload, nginx's master starts the new workers, sleeps
+# 100 ms ("allow new processes to start") and only then tells the old ones to quit, so
+# for those 100 ms both generations accept from the same inherited sockets. Without the
+# sleep they do not overlap; nothing else changes.
+NOOVERLAP_FILE=src/os/unix/ngx_process_cycle.c
+NOOVERLAP_SED='/allow new processes to start/{n;s/^\([[:space:]]*\)ngx_msleep(100);/\1\/* no overlap (build-nginx.sh --nooverlap) *\//}'
+remove_overlap() {
+    local src=$1
+    sed -i "$NOOVERLAP_SED" "$src/$NOOVERLAP_FILE"
+    grep -q 'no overlap (build-nginx.sh --nooverlap)' "$src/$NOOVERLAP_FILE" \
+        || die "$VERSION stock-nooverlap: the master's 100 ms wait was not found in $NOOVERLAP_FILE"
 }
 
 # What a tree's unpacked, patched and configured state depends on.
@@ -265,6 +286,7 @@ source_stamp() {
             sha_of "$PATCH"
             sha_of "$HEADER"
         fi
+        if [ "$kind" = stock-nooverlap ]; then echo "$NOOVERLAP_SED"; fi
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -303,6 +325,7 @@ lib $(sha_of "$LIB")"
             (cd "$src" && patch -p1 --forward --batch < "$PATCH" >"$src/patch.log") \
                 || { cat "$src/patch.log" >&2; die "the patch does not apply to nginx $VERSION"; }
         fi
+        if [ "$kind" = stock-nooverlap ]; then remove_overlap "$src"; fi
         local flags=(--prefix="$prefix" "${common_flags[@]}")
         [ "$kind" = patched ] && flags+=("--with-ld-opt=$patched_ld")
         # A release tarball has ./configure; a `git archive` of the repository auto/configure.

@@ -40,6 +40,9 @@ NOSTEER = "nginx patched-nosteer"
 # Not in the default list either: another patched build (--alt PREFIX, e.g. one linked with
 # the previous library), side by side with the rest, to measure a library change.
 ALT = "nginx patched-alt"
+# And another stock build (--stock-alt PREFIX, e.g. upstream nginx with one behaviour
+# changed), to tell what in stock nginx a figure comes from.
+STOCK_ALT = "nginx stock-alt"
 FIGURES = ("p50", "p99", "p999", "max")
 GOAL = 1.1
 
@@ -48,6 +51,7 @@ def add_arguments(p):
     p.add_argument("--stock", default=default("target", "nginx-stock"))
     p.add_argument("--patched", default=default("target", "nginx-patched"))
     p.add_argument("--alt", help=f"the prefix of another patched build, run as {ALT!r}")
+    p.add_argument("--stock-alt", help=f"the prefix of another stock build, run as {STOCK_ALT!r}")
     p.add_argument("--rpserver", default=default("build", "c-examples", "rpserver"))
     p.add_argument("--client", default=default("build", "c-examples", "loadclient"))
     p.add_argument("--slow-ms", type=int, default=10,
@@ -55,7 +59,7 @@ def add_arguments(p):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     p.add_argument("--servers", default=",".join(SERVERS),
-                   help="comma-separated, of: " + ", ".join(SERVERS + [NOSTEER, ALT]))
+                   help="comma-separated, of: " + ", ".join(SERVERS + [NOSTEER, ALT, STOCK_ALT]))
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--steady-seconds", type=float, default=10, help="length of nginx's steady run")
     p.add_argument("--storm-seconds", type=float, default=10, help="length of the reload storm")
@@ -63,13 +67,14 @@ def add_arguments(p):
 
 def nginx_prefix(args, server):
     """The install prefix an nginx server of the table runs from."""
-    return {NOSTEER: args.patched, ALT: args.alt}.get(server) or getattr(args, server.split()[1])
+    return {NOSTEER: args.patched, ALT: args.alt, STOCK_ALT: args.stock_alt}.get(server) \
+        or getattr(args, server.split()[1])
 
 
 def server_args(args, server):
     if server == "rpserver":
         return ["rpserver", "--binary", args.rpserver, "--strategy", "bpf"]
-    kind = "patched" if server in (NOSTEER, ALT) else server.split()[1]
+    kind = "patched" if server in (NOSTEER, ALT) else "stock" if server == STOCK_ALT else server.split()[1]
     steering = ["--steering", "off"] if server == NOSTEER else []
     return ["nginx", "--prefix", nginx_prefix(args, server), "--kind", kind, *steering]
 
@@ -92,11 +97,14 @@ def main(args):
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
     for s in servers + scenarios:
-        if s not in SERVERS + [NOSTEER, ALT] + SCENARIOS:
+        if s not in SERVERS + [NOSTEER, ALT, STOCK_ALT] + SCENARIOS:
             print(f"unknown server or scenario {s!r}", file=sys.stderr)
             return 2
         if s == ALT and not args.alt:
             print(f"{ALT!r} needs --alt PREFIX (another patched build)", file=sys.stderr)
+            return 2
+        if s == STOCK_ALT and not args.stock_alt:
+            print(f"{STOCK_ALT!r} needs --stock-alt PREFIX (another stock build)", file=sys.stderr)
             return 2
     for s in servers:
         if s == "rpserver":
@@ -176,16 +184,18 @@ def main(args):
                 continue
             print(f"| {scenario} | {server} | {f['runs']} | {f['requests']} | {f['failed']} | {f['migrated']} | "
                   + " | ".join(ms(median(f[k])) for k in FIGURES) + " |")
-    titles = {"nginx patched": "Patched", NOSTEER: "Patched, threshold 0", ALT: f"Patched-alt ({args.alt})"}
-    for patched in ("nginx patched", NOSTEER, ALT):
-        if "nginx stock" not in servers or patched not in servers:
+    titles = {"nginx patched": "Patched", NOSTEER: "Patched, threshold 0", ALT: f"Patched-alt ({args.alt})",
+              "nginx stock": "stock nginx", STOCK_ALT: f"stock-alt ({args.stock_alt})"}
+    pairs = [(base, patched) for base in ("nginx stock", STOCK_ALT) for patched in ("nginx patched", NOSTEER, ALT)]
+    for base, patched in pairs:
+        if base not in servers or patched not in servers:
             continue
-        print(f"\n## {titles[patched]} / stock nginx\n")
+        print(f"\n## {titles[patched]} / {titles[base]}\n")
         print(f"The median over rounds of the per-round ratio; the goal is at most {GOAL} in every scenario.\n")
         print("| scenario | p50 | p99 | p999 | max | goal met |")
         print("|---|---|---|---|---|---|")
         for scenario in scenarios:
-            s, p = figures.get((scenario, "nginx stock")), figures.get((scenario, patched))
+            s, p = figures.get((scenario, base)), figures.get((scenario, patched))
             if not s or not p:
                 continue
             ratios = {}
