@@ -48,6 +48,7 @@
 
 typedef struct {
     volatile int ready;
+    volatile int failed; /* workers that could not start (they said why) */
     volatile int attach; /* a reference program: worker 0 attaches it now */
     volatile int attached; /* 1 once attached, -errno if it failed */
     volatile uint64_t served[MAX_WORKERS];
@@ -106,15 +107,21 @@ static int load_reference_program(const char *which, int map_fd, int workers)
     attr.insns = (uint64_t)(uintptr_t)insns;
     attr.insn_cnt = (unsigned)n;
     attr.license = (uint64_t)(uintptr_t)"GPL";
-    attr.log_buf = (uint64_t)(uintptr_t)log;
-    attr.log_size = sizeof log;
-    attr.log_level = 1;
     snprintf(attr.prog_name, sizeof attr.prog_name, "rp_%s", which);
     for (char *c = attr.prog_name; *c; c++)
         *c = *c == '-' ? '_' : *c; /* a program name is [A-Za-z0-9_.] */
     int fd = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
-    if (fd < 0)
-        fprintf(stderr, "steercost: loading the %s program: %s\n%s", which, strerror(errno), log);
+    if (fd < 0) {
+        int load_errno = errno;
+        /* Again with the verifier's log, for the message. */
+        attr.log_buf = (uint64_t)(uintptr_t)log;
+        attr.log_size = sizeof log;
+        attr.log_level = 1;
+        int again = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+        if (again >= 0)
+            close(again);
+        fprintf(stderr, "steercost: loading the %s program: %s\n%s", which, strerror(load_errno), log);
+    }
     return fd;
 }
 
@@ -153,12 +160,14 @@ static void worker(reuseport_set *set, int first, int index, shared_counts *coun
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if ((first ? reuseport_worker_adopt(set) : reuseport_worker_bind(set)) < 0) {
         fprintf(stderr, "steercost: worker %d: %s\n", index, reuseport_last_error());
+        __atomic_add_fetch(&counts->failed, 1, __ATOMIC_SEQ_CST);
         _exit(3);
     }
     int fd = reuseport_listener_get_fd(set, 0);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     if (map_fd >= 0 && put_socket(map_fd, (unsigned)index, fd) < 0) {
         fprintf(stderr, "steercost: worker %d: its socket into the map: %s\n", index, strerror(errno));
+        __atomic_add_fetch(&counts->failed, 1, __ATOMIC_SEQ_CST);
         _exit(3);
     }
     __atomic_add_fetch(&counts->ready, 1, __ATOMIC_SEQ_CST);
@@ -300,7 +309,7 @@ int main(int argc, char **argv)
             reuseport_master_release(set);
     }
     int64_t deadline = now_ns() + 60 * 1000000000LL;
-    while (counts->ready < workers && now_ns() < deadline)
+    while (counts->ready < workers && !counts->failed && now_ns() < deadline)
         usleep(10000);
     if (strcmp(program, "steer") == 0)
         while (reuseport_listener_get_slots(set, 0, NULL, 0, sizeof(reuseport_slot)) < workers && now_ns() < deadline)
@@ -314,7 +323,8 @@ int main(int argc, char **argv)
 
     if (reference_fd >= 0) {
         counts->attach = 1;
-        while (!counts->attached && now_ns() < deadline)
+        int64_t attach_deadline = now_ns() + 10 * 1000000000LL;
+        while (!counts->attached && now_ns() < attach_deadline)
             usleep(1000);
         if (counts->attached != 1) {
             fprintf(stderr, "steercost: attaching the reference program: %s\n",

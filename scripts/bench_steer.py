@@ -67,6 +67,12 @@ def steercost(workers, program, connections):
         problems.append(f"the group held {res['held']!r}, not {PROGRAMS[program]!r}")
     if res["failed"]:
         problems.append(f"{res['failed']} of {connections} connections failed")
+    if res["accepted"] < res["ok"]:
+        problems.append(f"{res['accepted']} of {res['ok']} connections accepted")
+    # The program ran for the connections (a reference program is attached by hand: its
+    # name alone says only that it was loaded).
+    if res["run_cnt"] < res["ok"] and program != "none":
+        problems.append(f"the program ran {res['run_cnt']} times for {res['ok']} connections")
     if res["served_workers"] != workers:
         problems.append(f"{res['served_workers']} of {workers} workers served")
     if problems:
