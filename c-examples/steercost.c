@@ -287,9 +287,10 @@ int main(int argc, char **argv)
     socklen_t alen = sizeof addr;
     getsockname(reuseport_listener_get_fd(set, 0), (struct sockaddr *)&addr, &alen);
 
-    if (strncmp(program, "select-", 7) == 0 && (map_fd = create_socket_map(workers)) < 0)
+    int selects = strcmp(program, "select-none") == 0 || strcmp(program, "select-hash") == 0;
+    if (selects && (map_fd = create_socket_map(workers)) < 0)
         return 1;
-    if ((strcmp(program, "helper") == 0 || strcmp(program, "select-none") == 0 || strcmp(program, "select-hash") == 0)
+    if ((selects || strcmp(program, "helper") == 0)
         && (reference_fd = load_reference_program(program, map_fd, workers)) < 0)
         return 1;
     shared_counts *counts = mmap(NULL, sizeof *counts, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
